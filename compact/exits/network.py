@@ -1,0 +1,250 @@
+"""A network with auxiliary exits: one shared forward gives the logits of every output.
+
+:func:`attach_exits` wraps any model whose blocks can be discovered (or named) into a
+:class:`MultiExitNet`. The wrapped model is untouched: ``MultiExitNet.forward`` is the plain model's forward
+(final logits only), so FLOP counters, pruners and ONNX export keep seeing a single-output network; the
+exits are reached through :meth:`MultiExitNet.forward_exits` and :meth:`MultiExitNet.forward_exit`, which
+run FX feature extractors sharing the backbone's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from compact.errors import CompactError
+from compact.exits import _fx
+from compact.exits.discovery import Block, discover_block_names, no_blocks_error
+from compact.exits.heads import HEADS, create_head
+
+
+def even_positions(num_blocks: int, num_outputs: int) -> list[int]:
+    """1-based block numbers for ``num_outputs - 1`` auxiliary exits spread evenly (paper Section 4.1.2).
+
+    The paper puts an output every ``tau = ceil(L / K^)`` layers. compact applies the rule in blocks, so that
+    every exit falls on a block boundary: a spacing of ``s = floor(B / K^)`` blocks, counted back from the
+    final output. For ResNet-56 (27 blocks) and 5 outputs this gives blocks 7, 12, 17, 22, i.e. layers
+    15, 25, 35, 45 as in the paper's Table 6, whereas a literal 12-layer spacing (12, 24, 36, 48) would
+    not fall on block ends.
+    """
+    k = num_outputs - 1
+    if num_outputs < 1:
+        raise CompactError(f"the number of outputs (final included) must be >= 1, got {num_outputs}")
+    if k > num_blocks:
+        raise CompactError(
+            f"{k} auxiliary exits ({num_outputs} outputs) requested but the network has only {num_blocks} blocks"
+        )
+    spacing = max(1, num_blocks // num_outputs)
+    return [max(i + 1, num_blocks - spacing * (k - i)) for i in range(k)]
+
+
+class MultiExitNet(nn.Module):
+    """A backbone plus auxiliary heads.
+
+    Outputs are indexed ``0..K``: ``0..K-1`` are the auxiliary exits (shallow to deep) and ``K`` is the
+    backbone's own final output. ``depths[i]`` is output ``i``'s depth in weighted layers (the paper's
+    ``L_i``), used by the loss weights of Eq. 5.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        exit_nodes: Sequence[str],
+        heads: Sequence[nn.Module],
+        depths: Sequence[int],
+        final_node: str,
+        head_type: str = "bn-relu-gap-fc",
+    ) -> None:
+        super().__init__()
+        if len(exit_nodes) != len(heads) or len(depths) != len(heads) + 1:
+            raise CompactError("MultiExitNet needs one head per exit node and one depth per output")
+        self.backbone = backbone
+        self.heads = nn.ModuleList(heads)
+        self.exit_nodes = list(exit_nodes)
+        self.depths = [int(d) for d in depths]
+        self.final_node = final_node
+        self.head_type = head_type
+        # FX extractors share the backbone's parameters; kept out of the module tree so that state_dict,
+        # parameters() and optimizers see each parameter once.
+        self.__dict__["_extractors"] = {}
+
+    # -- structure ---------------------------------------------------------------------------------
+    @property
+    def num_outputs(self) -> int:
+        return len(self.heads) + 1
+
+    def _extractor(self, key: int | str) -> nn.Module:
+        cache = self.__dict__["_extractors"]
+        if key not in cache:
+            nodes = [*self.exit_nodes, self.final_node] if key == "all" else [self.exit_nodes[key]]
+            ext = _fx.feature_extractor(self.backbone, nodes)
+            ext.train(self.training)
+            cache[key] = ext
+        return cache[key]
+
+    def train(self, mode: bool = True) -> MultiExitNet:
+        super().train(mode)
+        for ext in self.__dict__["_extractors"].values():
+            ext.train(mode)
+        return self
+
+    def _check_output(self, i: int) -> int:
+        if not isinstance(i, int) or not -self.num_outputs <= i < self.num_outputs:
+            raise CompactError(f"output index {i!r} does not exist; valid: 0..{self.num_outputs - 1} (final last)")
+        return i % self.num_outputs
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Final logits only, exactly the backbone's forward."""
+        return self.backbone(x)
+
+    def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One shared forward: logits of every output, shallow to deep, final last."""
+        if not self.exit_nodes:
+            return [self.backbone(x)]
+        feats = self._extractor("all")(x)
+        outs = [head(feats[name]) for head, name in zip(self.heads, self.exit_nodes)]
+        outs.append(feats[self.final_node])
+        return outs
+
+    def forward_exit(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Logits of output ``i`` alone, computing the network only up to that exit."""
+        i = self._check_output(i)
+        if i == self.num_outputs - 1:
+            return self.backbone(x)
+        return self.heads[i](self._extractor(i)(x)[self.exit_nodes[i]])
+
+    # -- parameters by output ----------------------------------------------------------------------
+    def trunk_parameters(self, i: int) -> list[nn.Parameter]:
+        """Backbone parameters that output ``i`` depends on (layers ``0..L_i``), in backbone order."""
+        i = self._check_output(i)
+        if i == self.num_outputs - 1:
+            return list(self.backbone.parameters())
+        used = {id(p) for p in self._extractor(i).parameters()}
+        return [p for p in self.backbone.parameters() if id(p) in used]
+
+    def head_parameters(self, i: int) -> list[nn.Parameter]:
+        """Parameters of output ``i``'s own classifier head (empty for the final output)."""
+        i = self._check_output(i)
+        return [] if i == self.num_outputs - 1 else list(self.heads[i].parameters())
+
+    def output_parameters(self, i: int) -> list[nn.Parameter]:
+        """Every parameter of the exit-``i`` sub-model: trunk up to ``L_i`` plus head ``i``."""
+        return self.trunk_parameters(i) + self.head_parameters(i)
+
+    def segment_parameters(self, s: int) -> list[nn.Parameter]:
+        """Backbone parameters of segment ``s``: layers ``L_{s-1}+1 .. L_s`` (segment 0 starts at the input)."""
+        s = self._check_output(s)
+        below = {id(p) for p in self.trunk_parameters(s - 1)} if s > 0 else set()
+        return [p for p in self.trunk_parameters(s) if id(p) not in below]
+
+    def output_param_counts(self) -> list[int]:
+        """Parameter count of each output's sub-model (trunk up to ``L_i`` plus head ``i``)."""
+        return [sum(p.numel() for p in self.output_parameters(i)) for i in range(self.num_outputs)]
+
+    def describe(self) -> list[dict]:
+        """One row per output: name, depth, parameter count."""
+        counts = self.output_param_counts()
+        names = [*self.exit_nodes, f"{self.final_node} (final)"]
+        return [
+            {"output": i, "node": names[i], "depth": self.depths[i], "params": counts[i]}
+            for i in range(self.num_outputs)
+        ]
+
+
+def attach_exits(
+    model: nn.Module,
+    num_outputs: int | None = None,
+    *,
+    blocks: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    nodes: Sequence[str] | None = None,
+    head: str = "bn-relu-gap-fc",
+    input_size: Sequence[int] = (3, 32, 32),
+) -> MultiExitNet:
+    """Attach auxiliary heads to ``model``.
+
+    Choose the exits with exactly one of:
+
+    - ``num_outputs``: total number of outputs, final included (the paper's ``K^``); auxiliary exits are
+      spread evenly over the discovered blocks (:func:`even_positions`);
+    - ``blocks``: 1-based numbers of the discovered blocks after which to attach exits;
+    - ``layers``: depths in weighted layers (e.g. ``[15, 25, 35, 45]`` for ``cifar_resnet56``), each of
+      which must be the depth at which a discovered block ends;
+    - ``nodes``: module or FX graph-node names, for models whose blocks are not discovered.
+
+    ``input_size`` (C, H, W) is used once, with a dummy batch in eval mode, to size the heads.
+    """
+    chosen = [a is not None for a in (num_outputs, blocks, layers, nodes)]
+    if sum(chosen) != 1:
+        raise CompactError("give exactly one of num_outputs, blocks, layers or nodes to place the exits")
+    HEADS.get(head)  # validate early
+    names_in_graph = _fx.graph_node_names(model)
+    if not names_in_graph:
+        raise CompactError(f"{type(model).__name__} has an empty graph")
+    final_node = names_in_graph[-1]
+
+    if nodes is not None:
+        candidates = [str(n) for n in nodes]
+        if not candidates:
+            raise CompactError("nodes is empty; give at least one module or graph-node name")
+        if final_node in candidates:
+            raise CompactError(f"{final_node!r} is the final output; exits must be placed before it")
+    else:
+        candidates = discover_block_names(model)
+        if not candidates:
+            raise no_blocks_error(model)
+    probe = _fx.feature_extractor(model, [*dict.fromkeys(candidates), final_node])
+    depth_of = _fx.weighted_depths(probe)
+    found = [Block(n, i + 1, depth_of[n]) for i, n in enumerate(candidates)]
+
+    if nodes is not None:
+        selected = found
+    elif num_outputs is not None:
+        selected = [found[b - 1] for b in even_positions(len(found), int(num_outputs))]
+    elif blocks is not None:
+        blocks = [int(b) for b in blocks]
+        bad = [b for b in blocks if not 1 <= b <= len(found)]
+        if bad:
+            raise CompactError(f"block positions {bad} out of range; {type(model).__name__} has blocks 1..{len(found)}")
+        selected = [found[b - 1] for b in blocks]
+    else:
+        by_depth = {b.depth: b for b in found}
+        bad = [d for d in layers if int(d) not in by_depth]
+        if bad:
+            valid = ", ".join(str(b.depth) for b in found)
+            raise CompactError(f"no block ends at layer(s) {bad}; blocks end at layers: {valid}")
+        selected = [by_depth[int(d)] for d in layers]
+
+    depths = [b.depth for b in selected]
+    if any(b >= a for a, b in zip(depths[1:], depths)) if len(depths) > 1 else False:
+        raise CompactError(
+            "exit positions must be strictly increasing in depth; got "
+            + ", ".join(f"{b.name} (layer {b.depth})" for b in selected)
+        )
+    final_depth = depth_of[final_node]
+    if depths and depths[-1] >= final_depth:
+        raise CompactError(f"exit {selected[-1].name} is not shallower than the final output (layer {final_depth})")
+
+    # size the heads with one dummy batch in eval mode (no BatchNorm statistics change)
+    was_training = model.training
+    model.eval()
+    extractor = _fx.feature_extractor(model, [*(b.name for b in selected), final_node])
+    with torch.no_grad():
+        feats = extractor(torch.zeros(1, *input_size))
+    model.train(was_training)
+    num_classes = feats[final_node].shape[-1]
+    heads = [create_head(head, feats[b.name].shape[1], num_classes, feats[b.name].dim()) for b in selected]
+    return MultiExitNet(model, [b.name for b in selected], heads, [*depths, final_depth], final_node, head)
+
+
+def list_blocks(model: nn.Module, nodes: Sequence[str] | None = None) -> list[Block]:
+    """The candidate exit points of ``model`` (discovered blocks, or the given names) with their depths."""
+    names = list(nodes) if nodes is not None else discover_block_names(model)
+    if not names:
+        raise no_blocks_error(model)
+    final_node = _fx.graph_node_names(model)[-1]
+    depth_of = _fx.weighted_depths(_fx.feature_extractor(model, [*names, final_node]))
+    return [Block(n, i + 1, depth_of[n]) for i, n in enumerate(names)]

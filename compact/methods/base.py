@@ -1,0 +1,167 @@
+"""The interface every backpropagation method implements, and the method registry.
+
+A method owns its optimizers (plain ``torch.optim.SGD``; MW-BP has one per loss) and performs one training
+iteration in :meth:`BPMethod.step`. It knows nothing about data, epochs or files: the training engine calls
+``set_lr`` when the schedule changes the learning rate, ``on_lr_decay`` at each decay (adaptive loss
+weights), ``step`` for each batch, and ``state_dict``/``load_state_dict`` for checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from compact._registry import Registry
+from compact.errors import CompactError
+from compact.exits.network import MultiExitNet
+from compact.exits.weighting import LossWeighting
+
+
+@dataclass
+class SGDConfig:
+    """SGD settings of the paper and the authors' code: Nesterov momentum 0.9, weight decay 5e-4, lr 0.1."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise CompactError(f"SGD {name} must be a finite number >= 0, got {value!r}")
+        if self.nesterov and self.momentum == 0:
+            raise CompactError("Nesterov momentum needs momentum > 0")
+
+
+@dataclass
+class StepOutput:
+    """What one iteration computed, per output (final last); ``None`` where a method computed no output.
+
+    ``logits`` are detached; for methods that re-forward, each output's logits come from its own forward.
+    """
+
+    losses: list[float | None]
+    logits: list[torch.Tensor | None] = field(repr=False)
+
+
+METHODS: Registry[type[BPMethod]] = Registry("backpropagation method")
+
+
+class BPMethod(ABC):
+    """One way of turning the losses of a multi-exit network into parameter updates."""
+
+    name: ClassVar[str]
+    #: options accepted by the constructor besides net/sgd/weighting, with their defaults
+    options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        net: MultiExitNet,
+        sgd: SGDConfig | None = None,
+        weighting: LossWeighting | None = None,
+    ) -> None:
+        if not isinstance(net, MultiExitNet):
+            raise CompactError(f"{self.name} needs a MultiExitNet (see compact.exits.attach_exits), got {type(net).__name__}")
+        self.net = net
+        self.sgd = sgd if sgd is not None else SGDConfig()
+        self.weighting = weighting if weighting is not None else LossWeighting(net.depths)
+        if len(self.weighting.depths) != net.num_outputs:
+            raise CompactError(
+                f"loss weighting has {len(self.weighting.depths)} outputs but the network has {net.num_outputs}"
+            )
+        self.criterion = nn.CrossEntropyLoss()
+        self.lr = float(self.sgd.lr)
+        self.optimizers: list[torch.optim.Optimizer] = self._build_optimizers()
+
+    # -- to implement -------------------------------------------------------------------------------
+    @abstractmethod
+    def _build_optimizers(self) -> list[torch.optim.Optimizer]: ...
+
+    @abstractmethod
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """One training iteration on the batch ``(x, y)``; the network must be in train mode."""
+
+    # -- shared machinery ---------------------------------------------------------------------------
+    def _sgd(self, groups: list[dict]) -> torch.optim.SGD:
+        groups = [g for g in groups if g["params"]]
+        for g in groups:
+            g.setdefault("lr_scale", 1.0)
+            g["lr"] = self.lr * g["lr_scale"]
+        s = self.sgd
+        return torch.optim.SGD(
+            groups, lr=self.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
+        )
+
+    def _lr_scale(self, optimizer_index: int, group: dict) -> float:
+        """Factor applied to the base learning rate for one parameter group (1 unless a method says)."""
+        return group.get("lr_scale", 1.0)
+
+    def _apply_lr(self) -> None:
+        for i, opt in enumerate(self.optimizers):
+            for g in opt.param_groups:
+                g["lr_scale"] = self._lr_scale(i, g)
+                g["lr"] = self.lr * g["lr_scale"]
+
+    def set_lr(self, lr: float) -> None:
+        """Set the base learning rate (the engine's schedule calls this)."""
+        if not math.isfinite(lr) or lr < 0:
+            raise CompactError(f"learning rate must be a finite number >= 0, got {lr}")
+        self.lr = float(lr)
+        self._apply_lr()
+
+    def on_lr_decay(self) -> None:
+        """Tell the method that the learning rate was just decayed (adaptive loss-weight schedules)."""
+        self.weighting.on_lr_decay()
+        self._apply_lr()
+
+    def _losses(self, outs: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
+        return [self.criterion(o, y) for o in outs]
+
+    def state_dict(self) -> dict:
+        return {
+            "method": self.name,
+            "lr": self.lr,
+            "sgd": asdict(self.sgd),
+            "weighting": self.weighting.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("method") != self.name:
+            raise CompactError(f"state is for method {state.get('method')!r}, not {self.name!r}")
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise CompactError(
+                f"state has {len(state['optimizers'])} optimizers, {self.name} on this network has {len(self.optimizers)}"
+            )
+        self.weighting.load_state_dict(state["weighting"])
+        for opt, s in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        self.lr = float(state["lr"])
+        self._apply_lr()
+
+
+def create_method(
+    name: str,
+    net: MultiExitNet,
+    sgd: SGDConfig | None = None,
+    weighting: LossWeighting | None = None,
+    **options: Any,
+) -> BPMethod:
+    """Build a registered method by name; ``options`` are method-specific (e.g. ``c`` for relay)."""
+    cls = METHODS.get(name)
+    unknown = sorted(set(options) - set(cls.options))
+    if unknown:
+        valid = ", ".join(f"{k} (default {v!r})" for k, v in cls.options.items()) or "none"
+        raise CompactError(f"method {name!r} has no option(s) {', '.join(unknown)}; its options: {valid}")
+    return cls(net, sgd=sgd, weighting=weighting, **options)
+
+
+def list_methods() -> list[str]:
+    return METHODS.names()
