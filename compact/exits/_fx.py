@@ -60,15 +60,18 @@ def weighted_depths(extractor: fx.GraphModule) -> dict[str, int]:
     """Depth of each returned node: convolution/linear layers on the longest path from the input.
 
     Shortcut convolutions in parallel with a block's main path do not add depth; gating convolutions on a
-    side path (squeeze-excitation) do, since they lie on the longest path.
+    side path (squeeze-excitation) do, since they lie on the longest path. A module the tracer keeps whole
+    counts all the weighted layers inside it.
     """
     graph = extractor.train_graph if hasattr(extractor, "train_graph") else extractor.graph
     depth: dict[fx.Node, int] = {}
     out: dict[str, int] = {}
     for node in graph.nodes:
         weighted = 0
-        if node.op == "call_module" and isinstance(extractor.get_submodule(node.target), _WEIGHTED_MODULES):
-            weighted = 1
+        if node.op == "call_module":
+            # a leaf may be a composite (e.g. conv-norm-act kept whole by the tracer): count its layers
+            leaf = extractor.get_submodule(node.target)
+            weighted = sum(isinstance(m, _WEIGHTED_MODULES) for m in leaf.modules())
         elif node.op == "call_function" and node.target in _WEIGHTED_FUNCTIONS:
             weighted = 1
         depth[node] = weighted + max((depth[a] for a in node.all_input_nodes), default=0)

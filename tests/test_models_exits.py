@@ -1,0 +1,182 @@
+"""Models, exit placement, heads and loss weights, checked against published and hand-computed numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from compact.errors import CompactError, UnknownNameError
+from compact.exits import HEADS, LossWeighting, attach_exits, even_positions, list_blocks, loss_weights
+from compact.methods import create_method, list_methods
+from compact.models import create_model
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("depth,published", [(20, 0.27e6), (56, 0.85e6), (110, 1.73e6)])
+def test_cifar_resnet_parameter_counts_match_literature(depth, published):
+    assert abs(n_params(create_model(f"cifar_resnet{depth}")) - published) / published < 0.02
+
+
+def _cifar_trunk_params(blocks: int) -> int:
+    """Hand count of a CIFAR ResNet (option A) trunk up to the end of block ``blocks`` (1-based)."""
+    total = 3 * 16 * 9 + 2 * 16  # stem conv + BN
+    cin = 16
+    for b in range(blocks):
+        cout = (16, 32, 64)[b // 9]
+        total += cin * cout * 9 + cout * cout * 9 + 4 * cout
+        cin = cout
+    return total
+
+
+def test_resnet56_five_outputs_match_table6():
+    net = attach_exits(create_model("cifar_resnet56"), 5)
+    assert net.depths == [15, 25, 35, 45, 56]
+    assert net.exit_nodes == ["layer1.6", "layer2.2", "layer2.7", "layer3.3"]
+    head = lambda c: 2 * c + c * 10 + 10  # noqa: E731  BN(c) + FC(c -> 10)
+    want = [_cifar_trunk_params(b) + head(c) for b, c in ((7, 16), (12, 32), (17, 32), (22, 64))]
+    want.append(_cifar_trunk_params(27) + 64 * 10 + 10)
+    assert net.output_param_counts() == want
+    # the paper prints the counts truncated to 0.01M: 0.03M, 0.09M, 0.18M, 0.48M, 0.85M
+    assert [math.floor(n / 1e4) / 100 for n in want] == [0.03, 0.09, 0.18, 0.48, 0.85]
+
+
+def test_placements_agree():
+    assert even_positions(27, 5) == [7, 12, 17, 22]
+    assert even_positions(9, 3) == [3, 6]
+    by_layers = attach_exits(create_model("cifar_resnet56"), layers=[15, 25, 35, 45])
+    by_blocks = attach_exits(create_model("cifar_resnet56"), blocks=[7, 12, 17, 22])
+    assert by_layers.exit_nodes == by_blocks.exit_nodes == ["layer1.6", "layer2.2", "layer2.7", "layer3.3"]
+
+
+def test_loss_weights_eq5_and_schedules():
+    assert loss_weights([15, 25, 35, 45, 56], 2.0) == pytest.approx([1 / 9, 25 / 81, 49 / 81, 1.0, 1.0])
+    assert loss_weights([1, 45, 56], 2.0)[0] == 0.01  # floor of Eq. 5
+    w1 = LossWeighting([15, 45, 56], schedule="adaptive-1")
+    w2 = LossWeighting([15, 45, 56], schedule="adaptive-2")
+    nus1, nus2 = [], []
+    for _ in range(3):
+        nus1.append(w1.nu)
+        nus2.append(w2.nu)
+        w1.on_lr_decay()
+        w2.on_lr_decay()
+    assert nus1 == [0.5, 1.0, 2.0] and nus2 == [2.0, 1.0, 0.5]
+    restored = LossWeighting([15, 45, 56], schedule="adaptive-1")
+    restored.load_state_dict(w1.state_dict())
+    assert restored.gammas() == w1.gammas()
+
+
+def test_shared_forward_matches_model_and_single_exits():
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", in_chans=1)
+    net = attach_exits(model, 3, input_size=(1, 28, 28)).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        outs = net.forward_exits(x)
+        assert torch.equal(outs[-1], model(x))
+        assert torch.equal(net(x), model(x))
+        for i in range(3):
+            assert torch.equal(net.forward_exit(x, i), outs[i])
+
+
+@pytest.mark.parametrize("head", HEADS.names())
+def test_head_types(head):
+    net = attach_exits(create_model("cifar_resnet20"), 2, head=head).eval()
+    assert [o.shape for o in net.forward_exits(torch.randn(2, 3, 32, 32))] == [(2, 10), (2, 10)]
+    assert hasattr(net.heads[0], "bn") == (head == "bn-relu-gap-fc")
+
+
+FAMILIES = {
+    "timm:resnet18": 18,
+    "timm:regnetx_002": 41,
+    "timm:mobilenetv3_small_050": 54,
+    "timm:efficientnet_b0": 82,
+    "torchvision:resnet18": 18,
+    "torchvision:mobilenet_v2": 53,
+    "torchvision:mobilenet_v3_small": 54,
+    "torchvision:shufflenet_v2_x0_5": 51,
+    "torchvision:densenet121": 121,
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_block_discovery_on_timm_and_torchvision(name):
+    model = create_model(name, num_classes=7, in_chans=1)
+    blocks = list_blocks(model)
+    assert len(blocks) >= 4
+    depths = [b.depth for b in blocks]
+    assert depths == sorted(depths) and len(set(depths)) == len(depths)
+    net = attach_exits(model, 3, input_size=(1, 32, 32))
+    assert net.depths[-1] == FAMILIES[name]  # weighted layers on the longest path (ResNet-18: 18)
+    net.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        outs = net.forward_exits(x)
+        assert torch.equal(outs[-1], model(x)) and all(o.shape == (2, 7) for o in outs)
+
+
+@pytest.mark.parametrize("name", ["timm:resnet18", "torchvision:mobilenet_v2"])
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_steps_on_timm_and_torchvision(name, method):
+    torch.manual_seed(0)
+    net = attach_exits(create_model(name, num_classes=5, in_chans=1), 3, input_size=(1, 32, 32)).train()
+    m = create_method(method, net)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    out = m.step(torch.randn(4, 1, 32, 32), torch.randint(0, 5, (4,)))
+    assert math.isfinite(out.losses[-1])
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert any(n.startswith("backbone.") for n in changed)
+    assert any(n.startswith("heads.") for n in changed) == (method != "standard")
+
+
+# -- bad input -----------------------------------------------------------------------------------------
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(UnknownNameError, match="cifar_resnet56"):
+        create_model("resnet57")
+    with pytest.raises(CompactError, match="valid prefixes"):
+        create_model("keras:resnet50")
+    with pytest.raises(UnknownNameError, match="torchvision classification model"):
+        create_model("torchvision:not_a_net")
+    net = attach_exits(create_model("cifar_resnet20"), 2)
+    with pytest.raises(UnknownNameError, match="mwbp"):
+        create_method("multiway", net)
+    with pytest.raises(UnknownNameError, match="bn-relu-gap-fc"):
+        attach_exits(create_model("cifar_resnet20"), 2, head="mlp")
+    with pytest.raises(UnknownNameError, match="adaptive-1"):
+        LossWeighting([1, 2], schedule="cosine")
+    with pytest.raises(CompactError, match="option"):
+        create_method("relay", net, lr_scaling="paper")
+
+
+def test_bad_exit_placements():
+    model = create_model("cifar_resnet20")  # 9 blocks
+    with pytest.raises(CompactError, match="only 9 blocks"):
+        attach_exits(model, 11)
+    with pytest.raises(CompactError, match="out of range"):
+        attach_exits(model, blocks=[3, 10])
+    with pytest.raises(CompactError, match="strictly increasing"):
+        attach_exits(model, blocks=[5, 3])
+    with pytest.raises(CompactError, match="blocks end at layers: 3, 5, 7"):
+        attach_exits(model, layers=[4])
+    with pytest.raises(CompactError, match="not present"):
+        attach_exits(model, nodes=["layer9"])
+    with pytest.raises(CompactError, match="exactly one"):
+        attach_exits(model, 3, blocks=[2])
+    with pytest.raises(CompactError, match="nu must be"):
+        LossWeighting([15, 45, 56], nu=0)
+    with pytest.raises(CompactError, match="nu must be"):
+        LossWeighting([15, 45, 56], nu=-1)
+
+
+def test_model_without_known_blocks_names_candidates():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(CompactError, match=r"found no known blocks .* from: 0, 1, 2, 3, 4"):
+        attach_exits(model, 2)
+    net = attach_exits(model, nodes=["1"], head="gap-fc", input_size=(3, 8, 8))
+    assert net.depths == [1, 3]
