@@ -1,0 +1,172 @@
+"""Cost of the seven backpropagation methods on cifar_resnet56 with 5 losses (batch 128).
+
+All methods are timed interleaved in one process (warm-up rounds, then timed rounds; the order rotates each
+round), and the median ms/iteration is reported with its ratio to standard BP. The analytic floor of MW-BP
+is ``forward + sum_i backward(layers 0..L_i)``: the measured shared-forward time plus, for every loss, the
+share of the measured standard backward spent below exit ``i`` (timed with gradient hooks at the exits).
+
+compact's glibc malloc tuning (compact/_malloc.py) is applied to every method unless --no-malloc-tuning.
+
+Peak memory (after the timing, one method at a time): on CUDA, ``torch.cuda.max_memory_allocated`` during
+one iteration; on CPU, the peak resident set (VmHWM) of a fresh process during its first iteration, minus
+its resident set before it (default malloc settings, so nothing is retained from other methods).
+
+    python benchmarks/bp_cost.py [--rounds 7] [--warmup 2] [--batch 128] [--device cpu]
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import multiprocessing as mp
+import time
+
+import torch
+
+from compact._malloc import tune_cpu_allocator
+from compact.exits import attach_exits
+from compact.methods import create_method, list_methods
+from compact.models import create_model
+
+ORDER = ["standard", "joint", "relay", "mwbp", "reverse-mwbp", "naive-mwbp", "naive-reverse-mwbp"]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def build(method: str, device: str, num_outputs: int):
+    torch.manual_seed(0)
+    net = attach_exits(create_model("cifar_resnet56"), num_outputs).to(device).train()
+    return net, create_method(method, net)
+
+
+def floor_probe(net, x, y, device):
+    """Shared-forward time, standard-backward time and the time backward needs to reach each exit."""
+    crit = torch.nn.CrossEntropyLoss()
+    reached = {}
+    sync(device)
+    t0 = time.perf_counter()
+    feats = net._extractor("all")(x)
+    outs = [h(feats[n]) for h, n in zip(net.heads, net.exit_nodes)] + [feats[net.final_node]]
+    sync(device)
+    t_fwd = time.perf_counter() - t0
+    loss = crit(outs[-1], y)
+    start = [0.0]
+    for i, name in enumerate(net.exit_nodes):
+        feats[name].register_hook(lambda g, i=i: reached.__setitem__(i, time.perf_counter() - start[0]))
+    net.zero_grad(set_to_none=True)
+    sync(device)
+    start[0] = time.perf_counter()
+    loss.backward()
+    sync(device)
+    t_bwd = time.perf_counter() - start[0]
+    return t_fwd, t_bwd, [reached[i] for i in range(len(net.exit_nodes))]
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _child_peak(method: str, batch: int, num_outputs: int, q) -> None:
+    torch.set_num_threads(2)
+    _, m = build(method, "cpu", num_outputs)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    base = _proc_status_kb("VmRSS")
+    m.step(x, y)
+    q.put((_proc_status_kb("VmHWM") - base) / 1024.0)
+
+
+def peak_memory_mb(method: str, batch: int, device: str, num_outputs: int) -> float:
+    """Extra memory one iteration needs (CUDA: allocator peak; CPU: peak resident set of a fresh process)."""
+    if device.startswith("cuda"):
+        _, m = build(method, device, num_outputs)
+        x = torch.randn(batch, 3, 32, 32, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+        m.step(x, y)  # first step allocates optimizer state
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        m.step(x, y)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    ctx = mp.get_context("spawn")  # a fresh process: default malloc, nothing retained from other methods
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_peak, args=(method, batch, num_outputs, q))
+    p.start()
+    value = q.get()
+    p.join()
+    return value
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7, help="timed rounds (>= 5)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--outputs", type=int, default=5, help="number of losses, final included")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default malloc thresholds")
+    args = ap.parse_args()
+    tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
+    assert sorted(ORDER) == list_methods()
+    dev = args.device
+    x = torch.randn(args.batch, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (args.batch,), device=dev)
+    methods = {name: build(name, dev, args.outputs)[1] for name in ORDER}
+    probe_net, _ = build("standard", dev, args.outputs)
+    times = {name: [] for name in ORDER}
+    probes = []
+    for r in range(args.warmup + args.rounds):
+        order = ORDER[r % len(ORDER):] + ORDER[: r % len(ORDER)]
+        for name in order:
+            sync(dev)
+            t0 = time.perf_counter()
+            methods[name].step(x, y)
+            sync(dev)
+            if r >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+        p = floor_probe(probe_net, x, y, dev)
+        if r >= args.warmup:
+            probes.append(p)
+        print(f"round {r + 1}/{args.warmup + args.rounds}{' (warm-up)' if r < args.warmup else ''} done", flush=True)
+
+    ms = {n: 1000 * statistics.median(t) for n, t in times.items()}
+    spread = {n: (1000 * min(t), 1000 * max(t)) for n, t in times.items()}
+    t_fwd = statistics.median(p[0] for p in probes)
+    t_bwd = statistics.median(p[1] for p in probes)
+    reach = [statistics.median(p[2][i] for p in probes) for i in range(args.outputs - 1)]
+    floor_ms = 1000 * (t_fwd + sum(t_bwd - r for r in reach) + t_bwd)
+    ratio = {n: ms[n] / ms["standard"] for n in ORDER}
+    mem = {} if args.no_memory else {n: peak_memory_mb(n, args.batch, dev, args.outputs) for n in ORDER}
+
+    print(f"\ncifar_resnet56, {args.outputs} losses, batch {args.batch}, device {dev}, "
+          f"threads {torch.get_num_threads()}, malloc tuning {'on' if tuned else 'off'}, "
+          f"{args.rounds} timed rounds (median, min-max)")
+    print(f"{'method':<20}{'ms/iter':>10}{'min-max':>18}{'x standard':>12}{'peak MB':>10}")
+    for n in ORDER:
+        lo, hi = spread[n]
+        m = f"{mem[n]:.0f}" if n in mem else "-"
+        print(f"{n:<20}{ms[n]:>10.1f}{f'{lo:.0f}-{hi:.0f}':>18}{ratio[n]:>12.2f}{m:>10}")
+    print(f"shared forward {1000 * t_fwd:.1f} ms, standard backward {1000 * t_bwd:.1f} ms, "
+          f"backward reaches exits after {[round(1000 * r, 1) for r in reach]} ms")
+    print(f"MW-BP floor {floor_ms:.1f} ms ({floor_ms / ms['standard']:.2f}x standard); "
+          f"MW-BP / floor = {ms['mwbp'] / floor_ms:.3f}; paper's estimate (K/2+1) = {(args.outputs - 1) / 2 + 1:.1f}x")
+    print(json.dumps({
+        "ms_per_iter": {n: round(ms[n], 2) for n in ORDER},
+        "ratio_to_standard": {n: round(ratio[n], 3) for n in ORDER},
+        "mwbp_floor_ratio": round(ms["mwbp"] / floor_ms, 3),
+        "peak_mem_mb": {n: round(v, 1) for n, v in mem.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()

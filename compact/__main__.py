@@ -1,0 +1,3 @@
+from compact.cli import main
+
+raise SystemExit(main())
