@@ -19,13 +19,6 @@ _WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspos
 _WEIGHTED_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, F.linear, torch.conv2d, torch.conv1d, torch.conv3d}
 
 
-def _quiet():
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", message="NOTE. The nodes obtained by tracing")
-    return ctx
-
-
 def graph_node_names(model: nn.Module) -> list[str]:
     """Train-mode graph node names of ``model``, in execution order."""
     from timm.layers import get_graph_node_names
@@ -45,15 +38,15 @@ def feature_extractor(model: nn.Module, return_nodes: list[str]) -> fx.GraphModu
     """
     from timm.layers import create_feature_extractor
 
-    ctx = _quiet()
-    try:
-        return create_feature_extractor(model, return_nodes=list(return_nodes))
-    except ValueError as exc:
-        raise CompactError(str(exc)) from exc
-    except Exception as exc:
-        raise CompactError(f"{type(model).__name__} cannot be traced by torch.fx: {exc}") from exc
-    finally:
-        ctx.__exit__(None, None, None)
+    with warnings.catch_warnings():
+        # torchvision notes when train- and eval-mode graphs differ (dropout): expected, both are kept
+        warnings.filterwarnings("ignore", message="NOTE. The nodes obtained by tracing")
+        try:
+            return create_feature_extractor(model, return_nodes=list(return_nodes))
+        except ValueError as exc:
+            raise CompactError(str(exc)) from exc
+        except Exception as exc:
+            raise CompactError(f"{type(model).__name__} cannot be traced by torch.fx: {exc}") from exc
 
 
 def weighted_depths(extractor: fx.GraphModule) -> dict[str, int]:

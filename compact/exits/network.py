@@ -237,7 +237,9 @@ def attach_exits(
     model.train(was_training)
     num_classes = feats[final_node].shape[-1]
     heads = [create_head(head, feats[b.name].shape[1], num_classes, feats[b.name].dim()) for b in selected]
-    return MultiExitNet(model, [b.name for b in selected], heads, [*depths, final_depth], final_node, head)
+    net = MultiExitNet(model, [b.name for b in selected], heads, [*depths, final_depth], final_node, head)
+    net.__dict__["_extractors"]["all"] = extractor.train(model.training)  # reuse the trace
+    return net
 
 
 def list_blocks(model: nn.Module, nodes: Sequence[str] | None = None) -> list[Block]:
