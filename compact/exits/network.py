@@ -219,7 +219,7 @@ def attach_exits(
         selected = [by_depth[int(d)] for d in layers]
 
     depths = [b.depth for b in selected]
-    if any(b >= a for a, b in zip(depths[1:], depths)) if len(depths) > 1 else False:
+    if any(later <= earlier for earlier, later in zip(depths, depths[1:])):
         raise CompactError(
             "exit positions must be strictly increasing in depth; got "
             + ", ".join(f"{b.name} (layer {b.depth})" for b in selected)
