@@ -181,24 +181,7 @@ def attach_exits(
     if sum(chosen) != 1:
         raise CompactError("give exactly one of num_outputs, blocks, layers or nodes to place the exits")
     HEADS.get(head)  # validate early
-    names_in_graph = _fx.graph_node_names(model)
-    if not names_in_graph:
-        raise CompactError(f"{type(model).__name__} has an empty graph")
-    final_node = names_in_graph[-1]
-
-    if nodes is not None:
-        candidates = [str(n) for n in nodes]
-        if not candidates:
-            raise CompactError("nodes is empty; give at least one module or graph-node name")
-        if final_node in candidates:
-            raise CompactError(f"{final_node!r} is the final output; exits must be placed before it")
-    else:
-        candidates = discover_block_names(model)
-        if not candidates:
-            raise no_blocks_error(model)
-    probe = _fx.feature_extractor(model, [*dict.fromkeys(candidates), final_node])
-    depth_of = _fx.weighted_depths(probe)
-    found = [Block(n, i + 1, depth_of[n]) for i, n in enumerate(candidates)]
+    found, final_node, final_depth = _candidates(model, nodes)
 
     if nodes is not None:
         selected = found
@@ -224,7 +207,6 @@ def attach_exits(
             "exit positions must be strictly increasing in depth; got "
             + ", ".join(f"{b.name} (layer {b.depth})" for b in selected)
         )
-    final_depth = depth_of[final_node]
     if depths and depths[-1] >= final_depth:
         raise CompactError(f"exit {selected[-1].name} is not shallower than the final output (layer {final_depth})")
 
@@ -242,11 +224,26 @@ def attach_exits(
     return net
 
 
+def _candidates(model: nn.Module, nodes: Sequence[str] | None) -> tuple[list[Block], str, int]:
+    """Candidate exit points (discovered blocks, or the given names) with depths; final node and its depth."""
+    names_in_graph = _fx.graph_node_names(model)
+    if not names_in_graph:
+        raise CompactError(f"{type(model).__name__} has an empty graph")
+    final_node = names_in_graph[-1]
+    if nodes is not None:
+        names = [str(n) for n in nodes]
+        if not names:
+            raise CompactError("nodes is empty; give at least one module or graph-node name")
+        if final_node in names:
+            raise CompactError(f"{final_node!r} is the final output; exits must be placed before it")
+    else:
+        names = discover_block_names(model)
+        if not names:
+            raise no_blocks_error(model)
+    depth_of = _fx.weighted_depths(_fx.feature_extractor(model, [*dict.fromkeys(names), final_node]))
+    return [Block(n, i + 1, depth_of[n]) for i, n in enumerate(names)], final_node, depth_of[final_node]
+
+
 def list_blocks(model: nn.Module, nodes: Sequence[str] | None = None) -> list[Block]:
     """The candidate exit points of ``model`` (discovered blocks, or the given names) with their depths."""
-    names = list(nodes) if nodes is not None else discover_block_names(model)
-    if not names:
-        raise no_blocks_error(model)
-    final_node = _fx.graph_node_names(model)[-1]
-    depth_of = _fx.weighted_depths(_fx.feature_extractor(model, [*names, final_node]))
-    return [Block(n, i + 1, depth_of[n]) for i, n in enumerate(names)]
+    return _candidates(model, nodes)[0]
