@@ -7,14 +7,12 @@ import struct
 
 import pytest
 import torch
+from _helpers import needs_fmnist
 
 from compact.data import ArrayDataset, InMemoryLoader, load_fashion_mnist, random_crop_flip, read_idx
 from compact.data import fashion_mnist as fm
 from compact.errors import CompactError
 
-needs_fmnist = pytest.mark.skipif(
-    fm.find_fashion_mnist() is None, reason=f"Fashion-MNIST not installed ({fm.INSTALL_HINT})"
-)
 
 
 @needs_fmnist

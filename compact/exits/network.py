@@ -181,7 +181,7 @@ def attach_exits(
     if sum(chosen) != 1:
         raise CompactError("give exactly one of num_outputs, blocks, layers or nodes to place the exits")
     HEADS.get(head)  # validate early
-    found, final_node, final_depth = _candidates(model, nodes)
+    found, final_node, final_depth = _candidates(model, nodes, require_blocks=num_outputs != 1)
 
     if nodes is not None:
         selected = found
@@ -224,7 +224,9 @@ def attach_exits(
     return net
 
 
-def _candidates(model: nn.Module, nodes: Sequence[str] | None) -> tuple[list[Block], str, int]:
+def _candidates(
+    model: nn.Module, nodes: Sequence[str] | None, require_blocks: bool = True
+) -> tuple[list[Block], str, int]:
     """Candidate exit points (discovered blocks, or the given names) with depths; final node and its depth."""
     names_in_graph = _fx.graph_node_names(model)
     if not names_in_graph:
@@ -238,7 +240,7 @@ def _candidates(model: nn.Module, nodes: Sequence[str] | None) -> tuple[list[Blo
             raise CompactError(f"{final_node!r} is the final output; exits must be placed before it")
     else:
         names = discover_block_names(model)
-        if not names:
+        if not names and require_blocks:
             raise no_blocks_error(model)
     depth_of = _fx.weighted_depths(_fx.feature_extractor(model, [*dict.fromkeys(names), final_node]))
     return [Block(n, i + 1, depth_of[n]) for i, n in enumerate(names)], final_node, depth_of[final_node]

@@ -88,6 +88,12 @@ class BPMethod(ABC):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         """One training iteration on the batch ``(x, y)``; the network must be in train mode."""
 
+    @classmethod
+    def trains_output(cls, i: int, num_outputs: int) -> bool:
+        """Whether this method trains output ``i`` of ``num_outputs`` (so that its test error means
+        something); all outputs unless a method says otherwise."""
+        return True
+
     # -- shared machinery ---------------------------------------------------------------------------
     def _sgd(self, groups: list[dict]) -> torch.optim.SGD:
         groups = [g for g in groups if g["params"]]

@@ -14,6 +14,10 @@ class StandardBP(BPMethod):
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self._sgd([{"params": list(self.net.backbone.parameters())}])]
 
+    @classmethod
+    def trains_output(cls, i: int, num_outputs: int) -> bool:
+        return i % num_outputs == num_outputs - 1
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         out = self.net(x)
         loss = self.criterion(out, y)

@@ -1,0 +1,76 @@
+"""Argument types and the model/exit options shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from compact.errors import CompactError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _str_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _size(text: str) -> tuple[int, ...]:
+    try:
+        size = tuple(int(t) for t in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,32,32, got {text!r}") from None
+    if len(size) != 3 or min(size) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three positive sizes C,H,W, got {text!r}")
+    return size
+
+
+def add_model_args(p: argparse.ArgumentParser, training: bool = False) -> None:
+    """Options that build a model and place its exits (shared by every command that builds one).
+
+    With ``training``, options left out do not appear in the namespace (so that a ``--config`` file or
+    a resumed run's configuration supplies them) and the input size comes from the dataset.
+    """
+    d = (lambda _v: argparse.SUPPRESS) if training else (lambda v: v)
+    g = p.add_argument_group("model and exits")
+    g.add_argument("--model", required=not training, default=d(None),
+                   help="cifar_resnet20/32/44/56/110, timm:<name> or torchvision:<name>")
+    g.add_argument("--num-classes", type=int, default=d(10 if not training else None),
+                   help="default: the dataset's" if training else None)
+    if not training:
+        g.add_argument("--input-size", type=_size, default=(3, 32, 32), metavar="C,H,W")
+    g.add_argument("--exits", type=int, default=d(None), metavar="N",
+                   help="number of outputs, final included, spread evenly over the blocks (paper Sec. 4.1.2)")
+    g.add_argument("--exit-blocks", type=_int_list, default=d(None), metavar="B1,B2,..",
+                   help="1-based block numbers to attach auxiliary exits after")
+    g.add_argument("--exit-layers", type=_int_list, default=d(None), metavar="L1,L2,..",
+                   help="depths in weighted layers where blocks end (e.g. 15,25,35,45 for cifar_resnet56)")
+    g.add_argument("--exit-nodes", type=_str_list, default=d(None), metavar="N1,N2,..",
+                   help="module or FX graph-node names, for models whose blocks are not discovered")
+    g.add_argument("--head", default=d("bn-relu-gap-fc"), help="head type: bn-relu-gap-fc, relu-gap-fc, gap-fc")
+    g.add_argument("--nu", type=float, default=d(None), help="decay rate of the loss weights (Eq. 5; default 2)")
+    g.add_argument("--schedule", default=d("constant"), help="weighting schedule: constant, adaptive-1, adaptive-2")
+
+
+def build_net(args: argparse.Namespace):
+    """(MultiExitNet, LossWeighting) from the options of :func:`add_model_args`."""
+    from compact.exits import LossWeighting, attach_exits
+    from compact.models import create_model
+
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=args.input_size[0])
+    placement = {
+        "num_outputs": args.exits,
+        "blocks": args.exit_blocks,
+        "layers": args.exit_layers,
+        "nodes": args.exit_nodes,
+    }
+    chosen = {k: v for k, v in placement.items() if v is not None}
+    if len(chosen) > 1:
+        raise CompactError("give only one of --exits, --exit-blocks, --exit-layers, --exit-nodes")
+    if not chosen:
+        chosen = {"num_outputs": 1}
+    net = attach_exits(model, **chosen, head=args.head, input_size=args.input_size)
+    return net, LossWeighting(net.depths, nu=args.nu, schedule=args.schedule)

@@ -1,0 +1,65 @@
+"""`compact models`, `compact methods`, `compact exits`: what compact offers and where exits go."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from compact.cli._common import add_model_args, build_net
+
+
+# -- compact models ---------------------------------------------------------------------------------
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list compact's models (timm:<name> and torchvision:<name> also work)")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'cifar*'")
+
+
+def _cmd_models(args) -> int:
+    from compact.models import list_models
+
+    for name in list_models(args.pattern):
+        print(name)
+    print("(also any timm model as timm:<name> and torchvision classifier as torchvision:<name>)", file=sys.stderr)
+    return 0
+
+
+# -- compact methods --------------------------------------------------------------------------------
+def _add_methods(sub) -> None:
+    sub.add_parser("methods", help="list the backpropagation methods and their options")
+
+
+def _cmd_methods(args) -> int:
+    from compact.methods import METHODS
+
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        opts = ", ".join(f"{k}={v!r}" for k, v in cls.options.items())
+        print(f"{name:<20} {doc}" + (f"  [options: {opts}]" if opts else ""))
+    return 0
+
+
+# -- compact exits ----------------------------------------------------------------------------------
+def _add_exits(sub) -> None:
+    p = sub.add_parser("exits", help="show where exits go: node, depth, parameters and loss weight of each output")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _cmd_exits(args) -> int:
+    net, weighting = build_net(args)
+    rows = net.describe()
+    for row, g in zip(rows, weighting.gammas()):
+        row["gamma"] = round(g, 6)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{args.model}: {net.num_outputs} outputs, head {net.head_type}, {weighting}")
+    print(f"{'output':>6}  {'node':<32}{'layer':>6}{'params':>12}{'gamma':>8}")
+    for r in rows:
+        print(f"{r['output']:>6}  {r['node']:<32}{r['depth']:>6}{r['params']:>12,}{r['gamma']:>8.3f}")
+    return 0
+
+
+COMMANDS = {"models": (_add_models, _cmd_models), "methods": (_add_methods, _cmd_methods),
+            "exits": (_add_exits, _cmd_exits)}

@@ -1,0 +1,224 @@
+"""`compact train`, `compact train-mwbp`, `compact eval`, `compact export`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compact.cli._common import add_model_args
+from compact.errors import CompactError
+
+S = argparse.SUPPRESS
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)  # 2 -> int, 0.5 -> float, true -> bool, else str
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Where the data comes from (shared by training, evaluation and later pruning/probing)."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=S, help="fashion-mnist (default), cifar10, cifar100 or imagefolder:PATH")
+    g.add_argument("--data-dir", default=S, help="folder holding the dataset files (see the README)")
+    g.add_argument("--download", action="store_true", default=S, help="download the dataset when online")
+    g.add_argument("--test-subset", type=int, default=S, metavar="N", help="evaluate on N test images only")
+    g.add_argument("--workers", type=int, default=S, help="DataLoader workers for image folders (default 2)")
+    g.add_argument("--device", default=S, help="auto (default: CUDA when available), cpu, cuda, cuda:N")
+
+
+def _add_training(sub, name: str, help_text: str, fixed_method: str | None) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--config", default=None, metavar="YAML", help="file of option: value defaults (keys as below)")
+    p.add_argument("--out", default=None, metavar="RUN", help="run folder to create")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run found in --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    if fixed_method is None:
+        p.add_argument("--method", default=S,
+                       help="standard, joint, relay, mwbp, reverse-mwbp, naive-mwbp, naive-reverse-mwbp")
+    p.add_argument("--method-option", dest="method_options", type=_key_value, action="append", default=S,
+                   metavar="KEY=VALUE", help="method option, e.g. c=2 (relay) or lr_scaling=authors (MW-BP)")
+    add_model_args(p, training=True)
+    p.add_argument("--model-arg", dest="model_kwargs", type=_key_value, action="append", default=S,
+                   metavar="KEY=VALUE", help="extra model constructor argument, e.g. shortcut=B")
+    add_data_args(p)
+    g = p.add_argument_group("schedule (defaults: the paper's)")
+    g.add_argument("--subset", type=int, default=S, metavar="N", help="train on N images (seeded choice)")
+    g.add_argument("--image-size", type=int, default=S, help="crop size for image folders (default 224)")
+    g.add_argument("--epochs", type=int, default=S, help="default 400")
+    g.add_argument("--batch-size", type=int, default=S, help="default 128")
+    g.add_argument("--eval-batch-size", type=int, default=S, help="default 512")
+    g.add_argument("--lr", type=float, default=S, help="initial learning rate (default 0.1)")
+    g.add_argument("--lr-milestones", type=_float_list, default=S, metavar="F1,F2",
+                   help="fractions of the epochs at which lr is multiplied by --lr-decay (default 0.4,0.6)")
+    g.add_argument("--lr-decay", type=float, default=S, help="default 0.1")
+    g.add_argument("--momentum", type=float, default=S, help="default 0.9")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=S, help="default on")
+    g.add_argument("--weight-decay", type=float, default=S, help="default 5e-4")
+    g.add_argument("--seed", type=int, default=S, help="default 0")
+    p.set_defaults(fixed_method=fixed_method)
+
+
+def _add_train(sub) -> None:
+    _add_training(sub, "train", "train a network (with exits if asked) by any backpropagation method", None)
+
+
+def _add_train_mwbp(sub) -> None:
+    _add_training(sub, "train-mwbp", "train a network with auxiliary exits by multi-way backpropagation", "mwbp")
+
+
+def _config_values(args: argparse.Namespace) -> dict[str, Any]:
+    from compact.engine import TrainConfig
+
+    values = {k: v for k, v in vars(args).items() if k in TrainConfig.keys()}
+    for key in ("method_options", "model_kwargs"):
+        if key in values:
+            values[key] = dict(values[key])
+    if args.fixed_method:
+        values["method"] = args.fixed_method
+    return values
+
+
+def _cmd_train(args) -> int:
+    from compact.engine import TrainConfig, open_run, resolve_config, train
+
+    if (args.out is None) == (args.resume is None):
+        raise CompactError("give either --out RUN (a new run) or --resume RUN (continue one)")
+    cli = _config_values(args)
+    if args.resume:
+        if args.config or args.overwrite:
+            raise CompactError("--resume continues a run with its stored configuration; drop --config/--overwrite")
+        stored = open_run(args.resume).config.to_dict()
+        cfg = TrainConfig.from_dict({**stored, **cli}, "options")
+        out = args.resume
+    else:
+        cfg = resolve_config(cli, args.config)
+        out = args.out
+    if args.fixed_method and cfg.placement == {"num_outputs": 1}:
+        raise CompactError(f"{args.command} needs auxiliary exits: --exits N, --exit-blocks, --exit-layers or --exit-nodes")
+    summary = train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=args.progress)
+    _print_outputs(summary["outputs"])
+    print(f"run folder: {out} (model.safetensors, metrics.csv); export an exit with: compact export {out} --exit 0 --out FILE")
+    return 0
+
+
+def _print_outputs(rows: list[dict]) -> None:
+    print(f"{'output':>6}  {'node':<28}{'layer':>6}{'params':>12}{'test err %':>12}")
+    for r in rows:
+        err = "-" if r.get("test_error_pct") is None else f"{r['test_error_pct']:.2f}"
+        print(f"{r['output']:>6}  {r['node']:<28}{r['depth']:>6}{r['params']:>12,}{err:>12}")
+
+
+# -- compact eval -----------------------------------------------------------------------------------
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="test error of every output of a run, or of a model file")
+    p.add_argument("target", metavar="RUN_OR_FILE", help="a run folder or a .safetensors model file")
+    add_data_args(p)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _load_target(path: Path, device):
+    """(module, model info, trained flags, run config or None) of a run folder or a model file."""
+    from compact.engine import open_run
+    from compact.modelfile import load_model
+
+    if path.is_dir():
+        run = open_run(path)
+        net, info = run.network(device)
+        return net, info, run.trained_outputs(net.num_outputs), run.config
+    model, info = load_model(path, device)
+    n = model.num_outputs if hasattr(model, "num_outputs") else 1
+    return model, info, [True] * n, None
+
+
+def _cmd_eval(args) -> int:
+    from compact.data import DataOptions, load_data
+    from compact.engine import evaluate
+    from compact.engine.trainer import resolve_device
+
+    device = resolve_device(getattr(args, "device", "auto"))
+    model, info, trained, cfg = _load_target(Path(args.target), device)
+    name = getattr(args, "data", None) or (cfg.data if cfg else info.dataset)
+    if not name:
+        raise CompactError(f"{args.target} does not say which dataset it was trained on; pass --data")
+    data_dir = getattr(args, "data_dir", None) or (cfg.data_dir if cfg else None)
+    opts = DataOptions(name=name, data_dir=data_dir, download=getattr(args, "download", False),
+                       test_subset=getattr(args, "test_subset", None), image_size=info.input_size[-1],
+                       workers=getattr(args, "workers", 2))
+    data = load_data(opts)
+    if data.num_classes != info.num_classes or list(data.input_size) != list(info.input_size):
+        raise CompactError(
+            f"{args.target} takes {tuple(info.input_size)} inputs with {info.num_classes} classes; {data.name} "
+            f"gives {tuple(data.input_size)} with {data.num_classes}"
+        )
+    _, test_loader = data.loaders(args.batch_size, 0, args.batch_size)
+    losses, errors = evaluate(model, test_loader, device, trained)
+    rows = _rows(model, info, errors)
+    if args.json:
+        print(json.dumps({"target": args.target, "data": data.name, "test_images": data.test_size,
+                          "outputs": rows}, indent=2))
+    else:
+        print(f"{args.target}: {data.name}, {data.test_size} test images")
+        _print_outputs(rows)
+    return 0
+
+
+def _rows(model, info, errors: list[float | None]) -> list[dict]:
+    if hasattr(model, "describe"):
+        rows = model.describe()
+    else:
+        node = info.exit_nodes[0] if info.exit_nodes else "(final)"
+        depth = info.source.get("depth", "-")
+        rows = [{"output": info.source.get("output", 0), "node": node, "depth": depth,
+                 "params": sum(p.numel() for p in model.parameters())}]
+    for row, err in zip(rows, errors):
+        row["test_error_pct"] = err
+    return rows
+
+
+# -- compact export ---------------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write one output of a trained run as a standalone model file")
+    p.add_argument("target", metavar="RUN_OR_FILE", help="a run folder or a multi-exit .safetensors model file")
+    p.add_argument("--exit", required=True, dest="which", metavar="K",
+                   help="output index (0 = shallowest exit; negative counts from the end) or 'final'")
+    p.add_argument("--out", required=True, metavar="FILE", help="model file to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+
+
+def _cmd_export(args) -> int:
+    from compact.engine import export_output
+
+    net, info, _, _ = _load_target(Path(args.target), "cpu")
+    if not hasattr(net, "exit_nodes"):
+        raise CompactError(f"{args.target} is a single-output model ({info.kind}); export takes a run or multi-exit file")
+    written = export_output(net, info, args.which, args.out, overwrite=args.overwrite)
+    total = sum(p.numel() for p in net.backbone.parameters())
+    what = f"exit {written.source['output']} at {written.exit_nodes[0]}" if written.kind == "exit" else "final output"
+    print(f"wrote {args.out}: {what} (layer {written.source['depth']}), {written.params:,} parameters "
+          f"({100 * written.params / total:.1f}% of the backbone's {total:,})")
+    return 0
+
+
+COMMANDS = {
+    "train": (_add_train, _cmd_train),
+    "train-mwbp": (_add_train_mwbp, _cmd_train),
+    "eval": (_add_eval, _cmd_eval),
+    "export": (_add_export, _cmd_export),
+}

@@ -1,0 +1,172 @@
+"""The dataset registry: a name (``fashion-mnist``, ``cifar10``, ``cifar100``, ``imagefolder:PATH``) to
+train and test loaders, the number of classes, the input size and the normalisation.
+
+Small datasets are held in memory as uint8 tensors (:class:`~compact.data.memory.InMemoryLoader`); image
+folders are read by a DataLoader with workers (:class:`~compact.data.folder.FolderLoader`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compact._registry import Registry
+from compact.data.memory import ArrayDataset, InMemoryLoader
+from compact.errors import CompactError
+
+DATASETS: Registry[Callable[..., Data]] = Registry("dataset")
+PREFIXED = ("imagefolder:PATH",)
+
+
+@dataclass
+class DataOptions:
+    """Where to find a dataset and how much of it to use.
+
+    ``subset`` / ``test_subset``: use that many images, drawn by a permutation seeded with ``seed``.
+    ``image_size``: side of the square crops of image folders (in-memory datasets keep their own size).
+    """
+
+    name: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    subset: int | None = None
+    test_subset: int | None = None
+    seed: int = 0
+    image_size: int = 224
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        for key in ("subset", "test_subset"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise CompactError(f"{key} must be a positive number of images, got {value!r}")
+        if self.image_size <= 0:
+            raise CompactError(f"image_size must be > 0, got {self.image_size}")
+        if self.workers < 0:
+            raise CompactError(f"workers must be >= 0, got {self.workers}")
+
+
+@dataclass
+class Data:
+    """A dataset ready for training: sizes, normalisation and a way to make loaders."""
+
+    name: str
+    num_classes: int
+    input_size: tuple[int, int, int]
+    mean: list[float]
+    std: list[float]
+    train_size: int
+    test_size: int
+    classes: list[str] | None = None
+    _make: Callable[[int, int, int], tuple] = field(default=None, repr=False)
+
+    def loaders(self, batch_size: int, seed: int, eval_batch_size: int | None = None) -> tuple:
+        """(train loader, test loader); both have ``set_epoch(e)`` and yield normalised (x, y) batches."""
+        if batch_size <= 0:
+            raise CompactError(f"batch size must be > 0, got {batch_size}")
+        return self._make(batch_size, eval_batch_size or max(batch_size, 256), seed)
+
+
+def _in_memory(
+    name: str,
+    train: ArrayDataset,
+    test: ArrayDataset,
+    opts: DataOptions,
+    pad: int,
+    flip: bool,
+    classes: list[str] | None,
+) -> Data:
+    mean, std = train.mean_std()  # of the whole training set, before any subset
+    if opts.subset:
+        train = train.subset(opts.subset, opts.seed)
+    if opts.test_subset:
+        test = test.subset(opts.test_subset, opts.seed)
+
+    def make(batch_size: int, eval_batch_size: int, seed: int):
+        common = {"mean": mean, "std": std, "seed": seed}
+        return (
+            InMemoryLoader(train, batch_size, train=True, pad=pad, flip=flip, **common),
+            InMemoryLoader(test, eval_batch_size, train=False, **common),
+        )
+
+    return Data(name, train.num_classes, train.input_size, mean, std, len(train), len(test), classes, make)
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist(opts: DataOptions) -> Data:
+    """Fashion-MNIST, 28x28 grayscale; augmentation: 2-pixel padded random crop and horizontal flip."""
+    from compact.data.fashion_mnist import CLASSES, load_fashion_mnist
+
+    train, test = load_fashion_mnist(opts.data_dir, opts.download)
+    return _in_memory("fashion-mnist", train, test, opts, pad=2, flip=True, classes=list(CLASSES))
+
+
+def _cifar(name: str) -> Callable[[DataOptions], Data]:
+    def load(opts: DataOptions) -> Data:
+        from compact.data.cifar import load_cifar
+
+        train, test, classes = load_cifar(name, opts.data_dir, opts.download)
+        return _in_memory(name, train, test, opts, pad=4, flip=True, classes=classes)
+
+    load.__doc__ = f"{name.upper()}, 32x32 RGB; augmentation: 4-pixel padded random crop and horizontal flip."
+    return load
+
+
+DATASETS.register("cifar10")(_cifar("cifar10"))
+DATASETS.register("cifar100")(_cifar("cifar100"))
+
+
+def _image_folder(root: str, opts: DataOptions, in_chans: int) -> Data:
+    import torch
+
+    from compact.data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, image_folder
+
+    if not Path(root).is_dir():
+        raise CompactError(f"image folder {root!r} does not exist")
+    size = opts.image_size
+    train = image_folder(root, "train", size, train=True, in_chans=in_chans)
+    test = image_folder(root, "val", size, train=False, in_chans=in_chans)
+    if train.classes != test.classes:
+        raise CompactError(
+            f"{root}: train/ and val/ have different classes ({len(train.classes)} vs {len(test.classes)}); "
+            "every class needs a folder in both"
+        )
+
+    def subset(ds, n):
+        if not n or n >= len(ds):
+            return ds
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(opts.seed))[:n]
+        return torch.utils.data.Subset(ds, idx.tolist())
+
+    train_ds, test_ds = subset(train, opts.subset), subset(test, opts.test_subset)
+
+    def make(batch_size: int, eval_batch_size: int, seed: int):
+        return (
+            FolderLoader(train_ds, batch_size, train=True, workers=opts.workers, seed=seed),
+            FolderLoader(test_ds, eval_batch_size, train=False, workers=opts.workers, seed=seed),
+        )
+
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ([0.5] * in_chans, [0.5] * in_chans)
+    return Data(
+        f"imagefolder:{root}", len(train.classes), (in_chans, size, size), mean, std, len(train_ds), len(test_ds),
+        list(train.classes), make,
+    )
+
+
+def load_data(opts: DataOptions, in_chans: int = 3) -> Data:
+    """Resolve ``opts.name`` to a :class:`Data`; ``in_chans`` applies to image folders only."""
+    name = opts.name
+    if isinstance(name, str) and name.startswith("imagefolder:"):
+        root = name.partition(":")[2]
+        if not root:
+            raise CompactError("imagefolder needs a path: imagefolder:PATH (with train/ and val/ inside)")
+        return _image_folder(root, opts, in_chans)
+    if name not in DATASETS:
+        valid = [*DATASETS.names(), *PREFIXED]
+        raise CompactError(f"unknown dataset {name!r}; valid datasets: {', '.join(valid)}")
+    return DATASETS.get(name)(opts)
+
+
+def list_datasets() -> list[str]:
+    return [*DATASETS.names(), *PREFIXED]

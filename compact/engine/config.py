@@ -1,0 +1,168 @@
+"""The configuration of a training run: the paper's CIFAR schedule by default, every value settable from
+Python, a YAML file (``--config``) or the command line, in increasing order of precedence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compact.errors import CompactError
+
+PLACEMENT_KEYS = ("exits", "exit_blocks", "exit_layers", "exit_nodes")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run.
+
+    Schedule (paper Section 5.2): SGD, Nesterov momentum 0.9, weight decay 5e-4, batch 128, 400 epochs,
+    lr 0.1 divided by 10 (``lr_decay``) at 40% and 60% of the epochs (``lr_milestones``, fractions).
+    Exits are placed by exactly one of ``exits`` (number of outputs, final included), ``exit_blocks``,
+    ``exit_layers`` or ``exit_nodes``; with none, the network has only its final output.
+    ``num_classes`` defaults to the dataset's. ``device``: ``auto`` takes CUDA when available.
+    """
+
+    model: str = ""
+    method: str = "standard"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    exits: int | None = None
+    exit_blocks: list[int] | None = None
+    exit_layers: list[int] | None = None
+    exit_nodes: list[str] | None = None
+    head: str = "bn-relu-gap-fc"
+    nu: float | None = None
+    schedule: str = "constant"
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    subset: int | None = None
+    test_subset: int | None = None
+    image_size: int = 224
+    workers: int = 2
+    epochs: int = 400
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    lr_milestones: list[float] = field(default_factory=lambda: [0.4, 0.6])
+    lr_decay: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise CompactError("no model given: set --model (e.g. cifar_resnet56, timm:resnet18)")
+        _check_int(self, "epochs", 1)
+        _check_int(self, "batch_size", 1)
+        _check_int(self, "eval_batch_size", 1)
+        _check_int(self, "seed", 0)
+        _check_int(self, "workers", 0)
+        _check_int(self, "image_size", 1)
+        for key in ("num_classes", "exits", "subset", "test_subset"):
+            if getattr(self, key) is not None:
+                _check_int(self, key, 1)
+        for key in ("lr", "lr_decay"):
+            value = getattr(self, key)
+            if not _is_number(value) or value <= 0:
+                raise CompactError(f"{key} must be a number > 0, got {value!r}")
+        for key in ("momentum", "weight_decay"):
+            value = getattr(self, key)
+            if not _is_number(value) or value < 0:
+                raise CompactError(f"{key} must be a number >= 0, got {value!r}")
+        ms = self.lr_milestones
+        if not isinstance(ms, list) or not all(_is_number(m) and 0 < m <= 1 for m in ms) or ms != sorted(ms):
+            raise CompactError(f"lr_milestones must be increasing fractions of the epochs in (0, 1], got {ms!r}")
+        placed = [k for k in PLACEMENT_KEYS if getattr(self, k) is not None]
+        if len(placed) > 1:
+            raise CompactError(f"give only one way to place exits, got {', '.join(placed)}")
+        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+            raise CompactError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        from compact.methods import METHODS
+
+        METHODS.get(self.method)  # unknown methods list the valid ones
+
+    @property
+    def placement(self) -> dict[str, Any]:
+        """The keyword argument of :func:`compact.exits.attach_exits` that places the exits."""
+        key = next((k for k in PLACEMENT_KEYS if getattr(self, k) is not None), None)
+        if key is None:
+            return {"num_outputs": 1}
+        name = {"exits": "num_outputs", "exit_blocks": "blocks", "exit_layers": "layers", "exit_nodes": "nodes"}[key]
+        return {name: getattr(self, key)}
+
+    def milestone_epochs(self) -> list[int]:
+        """0-based epochs at whose start the learning rate is decayed."""
+        return [round(m * self.epochs) for m in self.lr_milestones]
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 0-based ``epoch``."""
+        decays = sum(epoch >= m for m in self.milestone_epochs())
+        return self.lr * self.lr_decay**decays
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping whose keys may use ``-`` or ``_``; unknown keys are an error."""
+        if not isinstance(values, dict):
+            raise CompactError(f"{source}: expected a mapping of option: value, got {type(values).__name__}")
+        normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(normalised) - set(cls.keys()))
+        if unknown:
+            raise CompactError(f"{source}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(cls.keys())}")
+        try:
+            return cls(**normalised)
+        except TypeError as exc:
+            raise CompactError(f"{source}: {exc}") from exc
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (``yaml.safe_load``: no Python objects are constructed)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise CompactError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise CompactError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CompactError(f"{path}: expected a mapping of option: value at the top level")
+    return data
+
+
+def resolve_config(cli: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
+    """Built-in defaults, overridden by ``config_file`` (YAML), overridden by ``cli`` (options given)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update({str(k).replace("-", "_"): v for k, v in read_yaml(config_file).items()})
+    values.update(cli)
+    return TrainConfig.from_dict(values, f"options (with {config_file})" if config_file else "options")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(cfg: TrainConfig, key: str, minimum: int) -> None:
+    value = getattr(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise CompactError(f"{key} must be an integer >= {minimum}, got {value!r}")

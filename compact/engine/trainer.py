@@ -1,0 +1,329 @@
+"""The training engine: epochs of any backpropagation method, evaluation of every exit, checkpoints,
+exact resume, metrics and the final model file.
+
+A run folder holds::
+
+    config.yaml         the resolved configuration (what `--resume` continues)
+    metrics.jsonl/.csv  one record per epoch (see compact.engine.metrics)
+    checkpoint.pt       the state after the last completed epoch (see compact.engine.checkpoint)
+    model.safetensors   the trained multi-exit network (compact.modelfile), written at the end
+    summary.json        per-output depth, parameters and final test error
+    tensorboard/        scalars, when the tensorboard package is installed
+
+The order and augmentation of the batches of epoch ``e`` depend only on ``(seed, e)`` and the global RNG
+is checkpointed, so on CPU an interrupted and resumed run ends with the same metrics as an uninterrupted
+one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compact._atomic import write_text
+from compact.data import Data, DataOptions, load_data
+from compact.engine.checkpoint import check_identity, load_checkpoint, save_checkpoint
+from compact.engine.config import TrainConfig, read_yaml
+from compact.engine.metrics import MetricsLog
+from compact.errors import CompactError
+from compact.exits import LossWeighting, MultiExitNet, attach_exits
+from compact.methods import BPMethod, SGDConfig, create_method
+from compact.modelfile import ModelInfo, save_model
+
+CONFIG, CHECKPOINT, MODEL, SUMMARY = "config.yaml", "checkpoint.pt", "model.safetensors", "summary.json"
+RUN_FILES = (CONFIG, "metrics.jsonl", "metrics.csv", CHECKPOINT, MODEL, SUMMARY)
+# options that may differ when a run is resumed (where the data lives, how fast it is read)
+RESUMABLE_CHANGES = ("data_dir", "download", "workers", "device", "eval_batch_size")
+
+
+class TrainingDiverged(CompactError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CompactError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    return device
+
+
+def data_options(cfg: TrainConfig) -> DataOptions:
+    return DataOptions(
+        name=cfg.data, data_dir=cfg.data_dir, download=cfg.download, subset=cfg.subset,
+        test_subset=cfg.test_subset, seed=cfg.seed, image_size=cfg.image_size, workers=cfg.workers,
+    )
+
+
+def build_network(cfg: TrainConfig, data: Data) -> tuple[MultiExitNet, LossWeighting]:
+    """The configured model with its exits, for ``data``'s classes and input size, seeded by ``cfg.seed``."""
+    from compact.models import create_model
+
+    num_classes = cfg.num_classes or data.num_classes
+    if num_classes != data.num_classes:
+        raise CompactError(f"num_classes is {cfg.num_classes} but {data.name} has {data.num_classes} classes")
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=num_classes, in_chans=data.input_size[0], **cfg.model_kwargs)
+    net = attach_exits(model, **cfg.placement, head=cfg.head, input_size=data.input_size)
+    return net, LossWeighting(net.depths, nu=cfg.nu, schedule=cfg.schedule)
+
+
+def identity(cfg: TrainConfig, net: MultiExitNet, data: Data) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed into this network and method."""
+    return {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "num_classes": data.num_classes,
+            "input_size": list(data.input_size), "exit_nodes": net.exit_nodes, "head": net.head_type,
+            "method": cfg.method}
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, loader, device: torch.device, outputs: list[bool] | None = None
+) -> tuple[list[float | None], list[float | None]]:
+    """(mean cross-entropy, top-1 error %) of every output of ``model`` on ``loader``.
+
+    A :class:`MultiExitNet` is evaluated at every output (one shared forward per batch), any other
+    module at its single output. Entries are ``None`` where ``outputs`` (one flag per output) is False.
+    """
+    was_training = model.training
+    model.eval()
+    forward = getattr(model, "forward_exits", None) or (lambda x: [model(x)])
+    loss_sum: list[float] = []
+    wrong: list[int] = []
+    seen = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits_all = forward(x)
+        if not loss_sum:
+            loss_sum, wrong = [0.0] * len(logits_all), [0] * len(logits_all)
+        for i, logits in enumerate(logits_all):
+            loss_sum[i] += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            wrong[i] += (logits.argmax(1) != y).sum().item()
+        seen += len(y)
+    model.train(was_training)
+    if seen == 0:
+        raise CompactError("the test set is empty")
+    k = len(loss_sum)
+    outputs = outputs or [True] * k
+    losses = [loss_sum[i] / seen if outputs[i] else None for i in range(k)]
+    errors = [100.0 * wrong[i] / seen if outputs[i] else None for i in range(k)]
+    return losses, errors
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def train_epoch(
+    method: BPMethod, loader, device: torch.device, epoch: int, desc: str = "", progress: bool = False
+) -> dict[str, Any]:
+    """One epoch of ``method`` over ``loader``: per-output train loss and error, throughput, data wait."""
+    net = method.net
+    net.train()
+    loader.set_epoch(epoch)
+    k = net.num_outputs
+    loss_sum, wrong, seen = [0.0] * k, [0] * k, 0
+    computed = [False] * k
+    wait = 0.0
+    start = time.perf_counter()
+    batches = iter(loader)
+    with _progress(len(loader), desc, progress) as bar:
+        for b in range(len(loader)):
+            t = time.perf_counter()
+            x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            wait += time.perf_counter() - t
+            out = method.step(x, y)
+            for i, (loss, logits) in enumerate(zip(out.losses, out.logits)):
+                if loss is None:
+                    continue
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the loss of output {i} became {loss} in epoch {epoch + 1}, batch {b + 1}"
+                    )
+                computed[i] = True
+                loss_sum[i] += loss * len(y)
+                wrong[i] += (logits.argmax(1) != y).sum().item()
+            seen += len(y)
+            if progress:
+                errs = "/".join(f"{100 * wrong[i] / seen:.1f}" for i in range(k) if computed[i])
+                bar.set_postfix_str(f"loss {loss_sum[-1] / seen:.3f} err% {errs}", refresh=False)
+                bar.update()
+    elapsed = time.perf_counter() - start
+    return {
+        "train_loss": [loss_sum[i] / seen if computed[i] else None for i in range(k)],
+        "train_error_pct": [100.0 * wrong[i] / seen if computed[i] else None for i in range(k)],
+        "train_time_s": elapsed,
+        "train_images_per_s": seen / elapsed,
+        "data_wait_share": wait / elapsed,
+    }
+
+
+def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    present = [f for f in RUN_FILES if (out / f).exists()]
+    if resume:
+        if not (out / CONFIG).is_file():
+            raise CompactError(f"{out} holds no run to resume (no {CONFIG})")
+        return
+    if out.exists() and not out.is_dir():
+        raise CompactError(f"output folder {out} exists and is not a folder")
+    if present and not overwrite:
+        raise CompactError(
+            f"{out} holds another run ({', '.join(present)}); pass --resume to continue it or --overwrite to replace it"
+        )
+
+
+def _clear_run(out: Path) -> None:
+    for f in RUN_FILES:
+        (out / f).unlink(missing_ok=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+
+
+def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
+    stored = TrainConfig.from_dict(read_yaml(out / CONFIG), str(out / CONFIG)).to_dict()
+    diffs = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and stored[k] != v]
+    if diffs:
+        detail = ", ".join(f"{k} ({stored[k]!r} -> {getattr(cfg, k)!r})" for k in diffs)
+        raise CompactError(f"cannot resume {out} with a different configuration: {detail}")
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = print,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` into the run folder ``out`` and return the run's summary.
+
+    ``resume`` continues the run in ``out`` from its last checkpoint (``cfg`` must equal its stored
+    configuration, except for where and how fast data is read); ``overwrite`` replaces a run found in
+    ``out``. ``progress``: a progress bar on stderr (default: when stderr is a terminal). ``on_epoch_end``
+    is called with each epoch's record after its checkpoint is written.
+    """
+    out = Path(out)
+    log = log or (lambda _msg: None)
+    progress = sys.stderr.isatty() if progress is None else progress
+    _prepare_folder(out, resume, overwrite)
+    if resume:
+        _check_resume_config(out, cfg)
+    device = resolve_device(cfg.device)
+    data = load_data(data_options(cfg))
+    net, weighting = build_network(cfg, data)
+    net.to(device)
+    sgd = SGDConfig(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    method = create_method(cfg.method, net, sgd, weighting, **cfg.method_options)
+    train_loader, test_loader = data.loaders(cfg.batch_size, cfg.seed, cfg.eval_batch_size)
+    ident = identity(cfg, net, data)
+    info = model_info(cfg, net, data, out)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume and (out / CHECKPOINT).is_file():
+        state = load_checkpoint(out / CHECKPOINT)
+        check_identity(out / CHECKPOINT, state.get("identity", {}), ident)
+        try:
+            net.load_state_dict(state["model"])
+            method.load_state_dict(state["method"])
+        except (RuntimeError, KeyError) as exc:
+            raise CompactError(f"checkpoint {out / CHECKPOINT} does not fit this network: {exc}") from exc
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+        log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+    elif not resume:
+        _clear_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / CONFIG, cfg.to_yaml())
+
+    log(
+        f"{cfg.model} on {data.name} ({data.train_size} train / {data.test_size} test images), "
+        f"{net.num_outputs} outputs at layers {net.depths}, method {cfg.method}, device {device}"
+    )
+    metrics = MetricsLog(out, net.num_outputs, first_epoch=start_epoch)
+    metrics.write(history)  # files agree with the checkpoint even if the last run stopped between the two
+    trained = [method.trains_output(i, net.num_outputs) for i in range(net.num_outputs)]
+    milestones = cfg.milestone_epochs()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            method.set_lr(cfg.lr_at(epoch))
+            for _ in range(milestones.count(epoch)):
+                method.on_lr_decay()
+            desc = f"epoch {epoch + 1}/{cfg.epochs}"
+            try:
+                record = train_epoch(method, train_loader, device, epoch, desc, progress)
+            except TrainingDiverged as exc:
+                kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
+                raise TrainingDiverged(f"{exc}; training stopped, {kept} in {out}; try a lower --lr") from None
+            t = time.perf_counter()
+            test_loss, test_err = evaluate(net, test_loader, device, trained)
+            record = {
+                "epoch": epoch + 1, "lr": method.lr, "nu": weighting.nu, "gammas": weighting.gammas(),
+                **record, "test_loss": test_loss, "test_error_pct": test_err,
+                "epoch_time_s": record["train_time_s"] + time.perf_counter() - t,
+            }
+            history.append(record)
+            rng = {"torch": torch.get_rng_state()}
+            if device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(device)
+            save_checkpoint(
+                out / CHECKPOINT,
+                {"epoch": epoch + 1, "identity": ident, "config": cfg.to_dict(), "model_info": asdict(info),
+                 "model": net.state_dict(),
+                 "method": method.state_dict(), "rng": rng, "history": history},
+            )
+            metrics.write(history)
+            log(_epoch_line(record, cfg.epochs))
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+    finally:
+        metrics.close()
+    return _finish(cfg, out, net, info, history)
+
+
+def _epoch_line(r: dict[str, Any], epochs: int) -> str:
+    fmt = lambda xs: "/".join("-" if x is None else f"{x:.2f}" for x in xs)  # noqa: E731
+    return (
+        f"epoch {r['epoch']}/{epochs}  lr {r['lr']:g}  train err% {fmt(r['train_error_pct'])}  "
+        f"test err% {fmt(r['test_error_pct'])}  ({r['epoch_time_s']:.1f} s, {r['train_images_per_s']:.0f} img/s, "
+        f"data wait {100 * r['data_wait_share']:.1f}%)"
+    )
+
+
+def model_info(cfg: TrainConfig, net: MultiExitNet, data: Data, out: Path) -> ModelInfo:
+    """The description under which the run's network is stored (checkpoint and final model file)."""
+    return ModelInfo(
+        arch=cfg.model, num_classes=data.num_classes, in_chans=data.input_size[0], input_size=list(data.input_size),
+        kind="multi-exit", exit_nodes=list(net.exit_nodes), head=net.head_type, model_kwargs=dict(cfg.model_kwargs),
+        mean=data.mean, std=data.std, classes=data.classes, dataset=data.name,
+        source={"run": str(out), "method": cfg.method},
+    )
+
+
+def _finish(cfg: TrainConfig, out: Path, net: MultiExitNet, info: ModelInfo, history: list[dict]) -> dict[str, Any]:
+    info.source["epochs"] = len(history)
+    save_model(net, out / MODEL, info)
+    rows = net.describe()
+    for row, err in zip(rows, history[-1]["test_error_pct"]):
+        row["test_error_pct"] = err
+    summary = {
+        "model": cfg.model, "method": cfg.method, "data": info.dataset, "epochs": len(history),
+        "train_time_s": sum(r["epoch_time_s"] for r in history), "outputs": rows,
+    }
+    write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return summary

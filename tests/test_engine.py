@@ -1,0 +1,166 @@
+"""The training engine on a few hundred Fashion-MNIST images: exact resume, NaN stop, run-folder rules,
+learning-rate schedule, and that training actually learns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from _helpers import needs_fmnist
+
+from compact.engine import TrainConfig, TrainingDiverged, load_checkpoint, open_run, train
+from compact.engine import trainer as trainer_module
+from compact.errors import CompactError
+
+TINY = dict(model="cifar_resnet20", exits=3, subset=128, test_subset=64, batch_size=32, eval_batch_size=64)
+
+
+def _curves(history):
+    keys = ("epoch", "lr", "nu", "gammas", "train_loss", "train_error_pct", "test_loss", "test_error_pct")
+    return [{k: r[k] for k in keys} for r in history]
+
+
+class Interrupt(Exception):
+    pass
+
+
+@needs_fmnist
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    # adaptive-2 changes the loss weights at each decay; epochs 2 and 3 start with a decay (milestones
+    # 0.4*3 -> 1, 0.6*3 -> 2), so the resumed part exercises the restored optimizers, lr and weighting.
+    cfg = TrainConfig(**TINY, method="mwbp", schedule="adaptive-2", epochs=3)
+    whole = train(cfg, tmp_path / "whole", progress=False, log=None)
+
+    def stop_after_first(record):
+        if record["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "cut", progress=False, log=None, on_epoch_end=stop_after_first)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False, log=None)
+
+    a, b = open_run(tmp_path / "whole"), open_run(tmp_path / "cut")
+    assert _curves(a.history()) == _curves(b.history())
+    assert [r["lr"] for r in a.history()] == pytest.approx([0.1, 0.01, 0.001])
+    assert [r["nu"] for r in a.history()] == [2.0, 1.0, 0.5]
+    na, nb = a.network()[0].state_dict(), b.network()[0].state_dict()
+    assert all(torch.equal(na[k], nb[k]) for k in na)
+    assert whole["outputs"] == resumed["outputs"]
+
+
+@needs_fmnist
+def test_training_learns_and_writes_the_run_folder(tmp_path):
+    cfg = TrainConfig(**{**TINY, "subset": 768, "test_subset": 500}, method="mwbp", epochs=3, lr=0.05,
+                      lr_milestones=[0.9])
+    summary = train(cfg, tmp_path / "run", progress=False, log=None)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "model.safetensors", "summary.json"} <= files
+    errors = [o["test_error_pct"] for o in summary["outputs"]]
+    # chance is 90% on Fashion-MNIST's 10 balanced classes; 72 SGD steps from scratch
+    assert max(errors) < 80 and errors[-1] < 55, errors
+    history = open_run(tmp_path / "run").history()
+    assert len(history) == 3 and all(len(r["test_error_pct"]) == 3 for r in history)
+    assert history[-1]["train_loss"][-1] < history[0]["train_loss"][-1]
+    csv = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("epoch,lr,nu,train_loss_0") and len(csv) == 4
+
+
+@needs_fmnist
+def test_standard_bp_reports_only_the_final_output(tmp_path):
+    cfg = TrainConfig(**TINY, method="standard", epochs=1)
+    summary = train(cfg, tmp_path / "run", progress=False, log=None)
+    assert [o["test_error_pct"] is None for o in summary["outputs"]] == [True, True, False]
+
+
+@needs_fmnist
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = trainer_module.train_epoch
+
+    def poisoned(method, loader, device, epoch, desc="", progress=False):
+        if epoch == 1:
+            with torch.no_grad():
+                method.net.backbone.fc.weight.fill_(float("nan"))
+        return original(method, loader, device, epoch, desc, progress)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", poisoned)
+    cfg = TrainConfig(**TINY, method="joint", epochs=3)
+    before = None
+    with pytest.raises(TrainingDiverged, match=r"became nan in epoch 2.*checkpoint of epoch 1 is kept"):
+        train(cfg, tmp_path / "run", progress=False, log=None)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    before = state["model"]
+    assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in before.values() if t.is_floating_point())
+    assert len(open_run(tmp_path / "run").history()) == 1
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_learning_rate_schedule_is_the_papers():
+    cfg = TrainConfig(model="cifar_resnet56", epochs=400)
+    assert cfg.milestone_epochs() == [160, 240]
+    assert [cfg.lr_at(e) for e in (0, 159, 160, 239, 240, 399)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert (cfg.batch_size, cfg.momentum, cfg.nesterov, cfg.weight_decay) == (128, 0.9, True, 5e-4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"lr": 0.0}, "lr must be a number > 0"),
+        ({"lr": -0.1}, "lr must be a number > 0"),
+        ({"method": "sideways"}, "valid backpropagation methods: joint, mwbp"),
+        ({"lr_milestones": [0.6, 0.4]}, "increasing fractions"),
+        ({"exits": 3, "exit_blocks": [1, 2]}, "only one way to place exits"),
+        ({"model": ""}, "no model given"),
+    ],
+)
+def test_bad_configuration_is_refused(change, message):
+    with pytest.raises(CompactError, match=message):
+        TrainConfig(**{"model": "cifar_resnet20", **change})
+
+
+def test_unknown_config_keys_are_named():
+    with pytest.raises(CompactError, match="unknown option.*learning_rate.*valid: model"):
+        TrainConfig.from_dict({"model": "cifar_resnet20", "learning-rate": 0.1})
+
+
+@needs_fmnist
+def test_run_folder_rules_and_bad_checkpoints(tmp_path):
+    cfg = TrainConfig(**TINY, method="mwbp", epochs=1)
+    run = tmp_path / "run"
+    train(cfg, run, progress=False, log=None)
+    good = (run / "model.safetensors").read_bytes()
+    with pytest.raises(CompactError, match="holds another run.*--resume.*--overwrite"):
+        train(cfg, run, progress=False, log=None)
+    assert (run / "model.safetensors").read_bytes() == good
+
+    # a different configuration cannot be resumed into this run
+    with pytest.raises(CompactError, match=r"different configuration: epochs \(1 -> 2\)"):
+        train(dataclasses.replace(cfg, epochs=2), run, resume=True, progress=False, log=None)
+
+    # a truncated checkpoint is reported as such and left alone
+    ckpt = run / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CompactError, match="checkpoint .* is corrupt or truncated"):
+        train(cfg, run, resume=True, progress=False, log=None)
+    assert ckpt.read_bytes() == data[: len(data) // 2]
+
+    # a checkpoint of another model (2 exits instead of 3)
+    other = tmp_path / "other"
+    train(dataclasses.replace(cfg, exits=2), other, progress=False, log=None)
+    ckpt.write_bytes((other / "checkpoint.pt").read_bytes())
+    with pytest.raises(CompactError, match="from another model or method.*exit_nodes"):
+        train(cfg, run, resume=True, progress=False, log=None)
+
+    with pytest.raises(CompactError, match="holds no run to resume"):
+        train(cfg, tmp_path / "empty", resume=True, progress=False, log=None)
+
+
+@needs_fmnist
+def test_num_classes_must_match_the_data(tmp_path):
+    with pytest.raises(CompactError, match="num_classes is 7 but fashion-mnist.* has 10 classes"):
+        train(TrainConfig(**TINY, num_classes=7, epochs=1), tmp_path / "run", progress=False, log=None)
+    assert not (tmp_path / "run" / "config.yaml").exists()
