@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+from _helpers import needs_fmnist
 
 from compact import __version__
 from compact.cli import main
@@ -17,7 +19,7 @@ def test_help_lists_subcommands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("models", "methods", "exits"):
+    for cmd in ("models", "methods", "exits", "train", "train-mwbp", "eval", "export"):
         assert cmd in out
 
 
@@ -69,3 +71,69 @@ def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
 def test_python_dash_m_compact():
     out = subprocess.run([sys.executable, "-m", "compact", "methods"], capture_output=True, text=True, check=True)
     assert "mwbp" in out.stdout
+
+
+TINY = ["--model", "cifar_resnet20", "--subset", "64", "--test-subset", "32", "--batch-size", "32", "--no-progress"]
+
+
+@needs_fmnist
+def test_train_mwbp_eval_export_from_the_command_line(tmp_path, capsys):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("epochs: 1\nlr: 0.05\nexits: 2\nweight-decay: 0.0001\nseed: 3\n")
+    run = tmp_path / "run"
+    argv = ["train-mwbp", *TINY, "--config", str(config), "--exits", "3", "--out", str(run)]
+    assert main(argv) == 0
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    # YAML sets defaults, the command line overrides them, the paper's values fill the rest
+    assert (stored["method"], stored["exits"], stored["lr"], stored["weight_decay"]) == ("mwbp", 3, 0.05, 1e-4)
+    assert (stored["seed"], stored["momentum"], stored["nesterov"], stored["lr_milestones"]) == (3, 0.9, True, [0.4, 0.6])
+    capsys.readouterr()
+
+    assert main(["eval", str(run), "--test-subset", "32", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    summary = json.loads((run / "summary.json").read_text())
+    # the same 32 test images (same seed): eval agrees with the training run's last evaluation
+    assert [o["test_error_pct"] for o in evaluated["outputs"]] == [o["test_error_pct"] for o in summary["outputs"]]
+
+    assert main(["export", str(run), "--exit", "0", "--out", str(tmp_path / "exit0.safetensors")]) == 0
+    assert "exit 0 at layer1.2 (layer 7), 14,394 parameters" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "exit0.safetensors"), "--test-subset", "32", "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)["outputs"]
+    assert [o["test_error_pct"] for o in exported] == [summary["outputs"][0]["test_error_pct"]]
+
+    # resuming a finished run changes nothing and says so through the same summary
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--epochs", "0"], "epochs must be an integer >= 1, got 0"),
+        (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+        (["--lr", "0"], "lr must be a number > 0, got 0.0"),
+        (["--data", "mnist"], "unknown dataset 'mnist'"),
+        (["--method", "sgd"], "unknown backpropagation method 'sgd'"),
+        (["--method-option", "c"], "expected KEY=VALUE"),
+    ],
+)
+def test_train_bad_input(tmp_path, extra, message, capsys):
+    argv = ["train", *TINY, "--exits", "2", *extra, "--out", str(tmp_path / "run")]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_needs_out_or_resume_and_mwbp_needs_exits(tmp_path, capsys):
+    assert main(["train", *TINY]) == 2
+    assert "give either --out RUN" in capsys.readouterr().err
+    assert main(["train-mwbp", *TINY, "--out", str(tmp_path / "r")]) == 2
+    assert "train-mwbp needs auxiliary exits" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "cfg.yaml").write_text("model: cifar_resnet20\nlearning_rate: 0.1\n")
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown option(s) learning_rate" in capsys.readouterr().err

@@ -72,3 +72,124 @@ def test_loader_is_deterministic_per_epoch():
     assert sum(len(y) for _, y in a) == 50 and len(a) == 4
     with pytest.raises(CompactError, match="batch size"):
         InMemoryLoader(ds, 0, train=True, mean=[0.5], std=[0.25])
+
+
+# -- CIFAR (read without running code) and image folders ----------------------------------------------
+def _fake_cifar10_py(root, n=20, seed=0):
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [int(v) for v in rng.integers(0, 10, n)]}
+        batches[name] = batch
+        (folder / name).write_bytes(pickle.dumps(batch))
+    names = {b"label_names": [c.encode() for c in "abcdefghij"]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(names))
+    return batches
+
+
+def test_cifar10_python_layout_is_read_exactly(tmp_path):
+    from compact.data import load_cifar
+
+    batches = _fake_cifar10_py(tmp_path)
+    train, test, classes = load_cifar("cifar10", tmp_path)
+    assert train.images.shape == (100, 3, 32, 32) and test.images.shape == (20, 3, 32, 32)
+    first = batches["data_batch_1"]
+    # CIFAR rows are 1024 red, then 1024 green, then 1024 blue values, row-major
+    assert train.images[0, 1, 2, 3].item() == first[b"data"][0][1024 + 2 * 32 + 3]
+    assert train.labels[:20].tolist() == [int(v) for v in first[b"labels"]]
+    assert classes == list("abcdefghij")
+
+
+def test_cifar_binary_layout(tmp_path):
+    import numpy as np
+
+    from compact.data import load_cifar
+
+    folder = tmp_path / "cifar-100-binary"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name, n in (("train.bin", 6), ("test.bin", 4)):
+        rec = rng.integers(0, 256, (n, 2 + 3072), dtype=np.uint8)
+        rec[:, 1] = rng.integers(0, 100, n)  # fine label is the second byte
+        rec.tofile(folder / name)
+    train, test, _ = load_cifar("cifar100", tmp_path)
+    raw = np.fromfile(folder / "train.bin", dtype=np.uint8).reshape(6, -1)
+    assert train.labels.tolist() == raw[:, 1].tolist()
+    assert torch.equal(train.images[2].flatten(), torch.from_numpy(raw[2, 2:].copy()))
+    (folder / "test.bin").write_bytes((folder / "test.bin").read_bytes()[:-5])
+    with pytest.raises(CompactError, match="test.bin is truncated or corrupt"):
+        load_cifar("cifar100", tmp_path)
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    import os
+    import pickle
+
+    from compact.data import load_cifar
+
+    _fake_cifar10_py(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps({b"data": Exploit()}))
+    with pytest.raises(CompactError, match=r"data_batch_3.*refusing to load global (posix|os)\.system"):
+        load_cifar("cifar10", tmp_path)
+    assert not marker.exists()
+
+
+def test_missing_cifar_names_the_expected_layout(tmp_path):
+    from compact.data import load_cifar
+
+    with pytest.raises(CompactError, match="cifar10 not found in .*cifar-10-batches-py.*--download"):
+        load_cifar("cifar10", tmp_path)
+
+
+def _image_tree(root, classes=("cat", "dog"), per_class=3, size=12):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+
+
+def test_image_folder_dataset(tmp_path):
+    from compact.data import DataOptions, load_data
+
+    _image_tree(tmp_path)
+    data = load_data(DataOptions(name=f"imagefolder:{tmp_path}", image_size=8, workers=0))
+    assert (data.num_classes, data.input_size, data.classes) == (2, (3, 8, 8), ["cat", "dog"])
+    train, test = data.loaders(4, seed=0)
+    train.set_epoch(0)
+    batches = list(train)
+    assert [len(y) for _, y in batches] == [4, 2] and batches[0][0].shape == (4, 3, 8, 8)
+    train.set_epoch(0)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, train))  # same epoch, same order
+    assert sorted(torch.cat([y for _, y in test]).tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_bad_datasets_are_named(tmp_path):
+    from compact.data import DataOptions, load_data
+
+    with pytest.raises(CompactError, match="unknown dataset 'mnist'; valid datasets: cifar10, cifar100, fashion-mnist"):
+        load_data(DataOptions(name="mnist"))
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(CompactError, match="one sub-folder of images per class"):
+        load_data(DataOptions(name=f"imagefolder:{tmp_path}"))
+    with pytest.raises(CompactError, match="has no train/ directory"):
+        load_data(DataOptions(name=f"imagefolder:{tmp_path / 'train'}"))
+    with pytest.raises(CompactError, match="subset must be a positive number"):
+        DataOptions(subset=0)

@@ -128,7 +128,7 @@ def _print_outputs(rows: list[dict]) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="test error of every output of a run, or of a model file")
     p.add_argument("target", metavar="RUN_OR_FILE", help="a run folder or a .safetensors model file")
-    add_data_args(p)
+    add_data_args(p)  # default: the dataset it was trained on, whole test set (--test-subset N: the run's seed)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -160,6 +160,7 @@ def _cmd_eval(args) -> int:
     data_dir = getattr(args, "data_dir", None) or (cfg.data_dir if cfg else None)
     opts = DataOptions(name=name, data_dir=data_dir, download=getattr(args, "download", False),
                        test_subset=getattr(args, "test_subset", None), image_size=info.input_size[-1],
+                       seed=cfg.seed if cfg else int(info.source.get("seed", 0)),
                        workers=getattr(args, "workers", 2))
     data = load_data(opts)
     if data.num_classes != info.num_classes or list(data.input_size) != list(info.input_size):

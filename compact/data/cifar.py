@@ -64,10 +64,12 @@ CIFAR100 = _Cifar(
     b"fine_label_names",
 )
 
-# the only globals a CIFAR pickle needs: numpy's array reconstruction
+# the only globals a CIFAR pickle needs: numpy's array (and scalar) reconstruction, which build data only
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),

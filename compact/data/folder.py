@@ -2,8 +2,10 @@
 by a standard DataLoader with worker processes.
 
 Training images get a random resized crop and a horizontal flip; validation images are resized to
-``size / 0.875`` and centre-cropped (the usual ImageNet evaluation). The order and augmentation of epoch
-``e`` depend only on ``(seed, e)``, as for the in-memory loader, so resumed runs see the same batches.
+``size / 0.875`` and centre-cropped (the usual ImageNet evaluation). The order of epoch ``e`` depends only
+on ``(seed, e)``, as for the in-memory loader; the augmentation draws from worker seeds derived from the
+same generator (``workers > 0``) or from the global RNG, which checkpoints save (``workers = 0``), so resumed
+runs see the same batches either way.
 """
 
 from __future__ import annotations

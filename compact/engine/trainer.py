@@ -311,7 +311,7 @@ def model_info(cfg: TrainConfig, net: MultiExitNet, data: Data, out: Path) -> Mo
         arch=cfg.model, num_classes=data.num_classes, in_chans=data.input_size[0], input_size=list(data.input_size),
         kind="multi-exit", exit_nodes=list(net.exit_nodes), head=net.head_type, model_kwargs=dict(cfg.model_kwargs),
         mean=data.mean, std=data.std, classes=data.classes, dataset=data.name,
-        source={"run": str(out), "method": cfg.method},
+        source={"run": str(out), "method": cfg.method, "seed": cfg.seed},
     )
 
 

@@ -1,0 +1,161 @@
+"""The model file format: exits exported as smaller standalone models that reload in a fresh process and
+predict exactly what the exit predicts inside the full network; pruned models; bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from compact import attach_exits, create_model
+from compact.engine import export_output
+from compact.errors import CompactError
+from compact.exits.standalone import ExitModel, extract_exit
+from compact.modelfile import ModelInfo, load_model, read_info, save_model
+
+SIZE = (1, 28, 28)
+
+
+def _net(arch: str = "cifar_resnet20", outputs: int = 3):
+    torch.manual_seed(0)
+    net = attach_exits(create_model(arch, num_classes=10, in_chans=1), outputs, input_size=SIZE)
+    # non-trivial BatchNorm statistics, so that a lost buffer would show in the predictions
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net.forward_exits(torch.randn(16, *SIZE))
+    return net.eval()
+
+
+def _info(net, kind="multi-exit") -> ModelInfo:
+    return ModelInfo("cifar_resnet20", 10, 1, list(SIZE), kind=kind, exit_nodes=list(net.exit_nodes),
+                     head=net.head_type, dataset="fashion-mnist", mean=[0.286], std=[0.353])
+
+
+def test_multi_exit_round_trip_is_exact(tmp_path):
+    net = _net()
+    save_model(net, tmp_path / "m.safetensors", _info(net))
+    back, info = load_model(tmp_path / "m.safetensors")
+    x = torch.randn(5, *SIZE)
+    assert all(torch.equal(a, b) for a, b in zip(net.forward_exits(x), back.forward_exits(x)))
+    assert info.params == sum(p.numel() for p in net.parameters()) and info.mean == [0.286]
+
+
+@pytest.mark.parametrize("which", [0, 1, "final"])
+def test_exported_exit_is_smaller_and_predicts_like_the_exit(tmp_path, which):
+    net = _net()
+    x = torch.randn(7, *SIZE)
+    path = tmp_path / "exit.safetensors"
+    info = export_output(net, _info(net), which, path)
+    i = net.num_outputs - 1 if which == "final" else which
+    expected = net.forward_exits(x)[i]
+
+    model, _ = load_model(path)
+    assert torch.equal(model(x), expected)
+    counts = net.output_param_counts()
+    # the standalone model holds exactly layers 0..L_i plus head i (the final output: no auxiliary head)
+    assert info.params == sum(p.numel() for p in model.parameters()) == counts[i]
+    if which != "final":
+        assert isinstance(model, ExitModel) and info.params < counts[-1] / 3
+        assert (info.source["output"], info.source["depth"]) == (i, net.depths[i])
+
+
+def test_exported_exit_reloads_in_a_fresh_process(tmp_path):
+    net = _net()
+    x = torch.randn(4, *SIZE)
+    export_output(net, _info(net), 1, tmp_path / "exit1.safetensors")
+    torch.save(x, tmp_path / "x.pt")
+    expected = net.forward_exits(x)[1]
+    script = (
+        "import sys, torch\n"
+        "from compact.modelfile import load_model\n"
+        "model, info = load_model(sys.argv[1])\n"
+        "x = torch.load(sys.argv[2], weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    torch.save(model(x), sys.argv[3])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "exit1.safetensors"), str(tmp_path / "x.pt"),
+                    str(tmp_path / "y.pt")], check=True, cwd=tmp_path)
+    assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), expected)
+
+
+def test_pruned_model_is_stored_with_its_new_shapes(tmp_path):
+    import torch_pruning as tp
+
+    net = _net()
+    model = extract_exit(net, -1)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, *SIZE))
+    graph.get_pruning_group(model.layer2[1].conv1, tp.prune_conv_out_channels, idxs=[0, 3, 5, 7, 9]).prune()
+    assert model.layer2[1].conv1.out_channels == 27
+    info = save_model(model, tmp_path / "p.safetensors", ModelInfo("cifar_resnet20", 10, 1, list(SIZE)))
+    assert info.attrs == {
+        "layer2.1.conv1": {"out_channels": 27},
+        "layer2.1.bn1": {"num_features": 27},
+        "layer2.1.conv2": {"in_channels": 27},
+    }
+    back, _ = load_model(tmp_path / "p.safetensors")
+    x = torch.randn(3, *SIZE)
+    assert back.layer2[1].conv1.weight.shape == (27, 32, 3, 3)
+    assert torch.equal(back(x), model.eval()(x))
+
+
+def test_a_change_the_format_cannot_describe_is_refused(tmp_path):
+    info = ModelInfo("cifar_resnet20", 10, 1, list(SIZE))
+    extra = extract_exit(_net(), -1)
+    extra.calibration = torch.nn.Linear(10, 10)  # a module the architecture does not build
+    with pytest.raises(CompactError, match="weights do not match.*unexpected.*calibration"):
+        save_model(extra, tmp_path / "x.safetensors", info)
+
+    patched = extract_exit(_net(), -1)
+    plain_forward = patched.forward
+    patched.forward = lambda x: plain_forward(x) * 2  # behaviour that no attribute or tensor records
+    with pytest.raises(CompactError, match="does not reproduce its outputs"):
+        save_model(patched, tmp_path / "x.safetensors", info)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_bad_model_files(tmp_path):
+    net = _net()
+    path = tmp_path / "m.safetensors"
+    save_model(net, path, _info(net))
+    data = path.read_bytes()
+
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CompactError, match="corrupt or truncated|not a readable"):
+        load_model(tmp_path / "trunc.safetensors")
+
+    (tmp_path / "text.safetensors").write_text("hello")
+    with pytest.raises(CompactError, match="not a readable compact model file"):
+        load_model(tmp_path / "text.safetensors")
+
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(CompactError, match="without a compact model description"):
+        read_info(tmp_path / "plain.safetensors")
+
+    meta = json.loads(_info(net).to_json())
+    meta["format_version"] = 99
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "future.safetensors"), metadata={"compact": json.dumps(meta)})
+    with pytest.raises(CompactError, match="format version 99"):
+        read_info(tmp_path / "future.safetensors")
+
+    with pytest.raises(CompactError, match="does not exist"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_export_refuses_to_overwrite_and_bad_exit_index(tmp_path):
+    net = _net()
+    path = tmp_path / "e.safetensors"
+    export_output(net, _info(net), 0, path)
+    before = path.read_bytes()
+    with pytest.raises(CompactError, match="exists; pass --overwrite"):
+        export_output(net, _info(net), 1, path)
+    with pytest.raises(CompactError, match=r"output index 5 does not exist; valid: 0\.\.2"):
+        export_output(net, _info(net), 5, tmp_path / "f.safetensors")
+    with pytest.raises(CompactError, match="not an output index"):
+        export_output(net, _info(net), "deepest", tmp_path / "f.safetensors")
+    assert path.read_bytes() == before
