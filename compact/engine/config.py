@@ -88,7 +88,12 @@ class TrainConfig:
             raise CompactError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         from compact.methods import METHODS
 
-        METHODS.get(self.method)  # unknown methods list the valid ones
+        options = METHODS.get(self.method).options  # unknown methods list the valid ones
+        if not isinstance(self.method_options, dict) or set(self.method_options) - set(options):
+            valid = ", ".join(options) or "none"
+            raise CompactError(f"method {self.method} takes options: {valid}; got {self.method_options!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise CompactError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
 
     @property
     def placement(self) -> dict[str, Any]:
