@@ -19,7 +19,7 @@ def test_help_lists_subcommands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("models", "methods", "exits", "train", "train-mwbp", "eval", "export"):
+    for cmd in ("models", "methods", "exits", "train", "train-mwbp", "eval", "export", "probe"):
         assert cmd in out
 
 
@@ -36,7 +36,7 @@ def test_methods_and_models(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines()] == sorted(
-        ["standard", "joint", "relay", "mwbp", "reverse-mwbp", "naive-mwbp", "naive-reverse-mwbp"]
+        ["standard", "joint", "relay", "mwbp", "reverse-mwbp", "naive-mwbp", "naive-reverse-mwbp", "probe"]
     )
     assert main(["models", "cifar*"]) == 0
     assert capsys.readouterr().out.split() == [f"cifar_resnet{d}" for d in (110, 20, 32, 44, 56)]

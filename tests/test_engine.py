@@ -48,6 +48,18 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     na, nb = a.network()[0].state_dict(), b.network()[0].state_dict()
     assert all(torch.equal(na[k], nb[k]) for k in na)
     assert whole["outputs"] == resumed["outputs"]
+    _check_tensorboard(tmp_path / "cut", b.history())
+
+
+def _check_tensorboard(run, history):
+    """TensorBoard (when installed) holds each epoch once, resumed part included, with the logged values."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("test_error_pct/output_2")]
+    assert logged == [(r["epoch"], pytest.approx(r["test_error_pct"][2])) for r in history]
 
 
 @needs_fmnist

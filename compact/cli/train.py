@@ -40,6 +40,24 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=S, help="auto (default: CUDA when available), cpu, cuda, cuda:N")
 
 
+def add_schedule_args(p: argparse.ArgumentParser, epochs_default: int = 400) -> None:
+    """Training-set size and the SGD schedule (left-out options come from the config or the defaults)."""
+    g = p.add_argument_group("schedule (defaults: the paper's)")
+    g.add_argument("--subset", type=int, default=S, metavar="N", help="train on N images (seeded choice)")
+    g.add_argument("--image-size", type=int, default=S, help="crop size for image folders (default 224)")
+    g.add_argument("--epochs", type=int, default=S, help=f"default {epochs_default}")
+    g.add_argument("--batch-size", type=int, default=S, help="default 128")
+    g.add_argument("--eval-batch-size", type=int, default=S, help="default 512")
+    g.add_argument("--lr", type=float, default=S, help="initial learning rate (default 0.1)")
+    g.add_argument("--lr-milestones", type=_float_list, default=S, metavar="F1,F2",
+                   help="fractions of the epochs at which lr is multiplied by --lr-decay (default 0.4,0.6)")
+    g.add_argument("--lr-decay", type=float, default=S, help="default 0.1")
+    g.add_argument("--momentum", type=float, default=S, help="default 0.9")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=S, help="default on")
+    g.add_argument("--weight-decay", type=float, default=S, help="default 5e-4")
+    g.add_argument("--seed", type=int, default=S, help="default 0")
+
+
 def _add_training(sub, name: str, help_text: str, fixed_method: str | None) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--config", default=None, metavar="YAML", help="file of option: value defaults (keys as below)")
@@ -56,21 +74,10 @@ def _add_training(sub, name: str, help_text: str, fixed_method: str | None) -> N
     add_model_args(p, training=True)
     p.add_argument("--model-arg", dest="model_kwargs", type=_key_value, action="append", default=S,
                    metavar="KEY=VALUE", help="extra model constructor argument, e.g. shortcut=B")
+    p.add_argument("--init-from", default=S, metavar="RUN_OR_FILE",
+                   help="start from the backbone weights of a trained run or model file (heads start fresh)")
     add_data_args(p)
-    g = p.add_argument_group("schedule (defaults: the paper's)")
-    g.add_argument("--subset", type=int, default=S, metavar="N", help="train on N images (seeded choice)")
-    g.add_argument("--image-size", type=int, default=S, help="crop size for image folders (default 224)")
-    g.add_argument("--epochs", type=int, default=S, help="default 400")
-    g.add_argument("--batch-size", type=int, default=S, help="default 128")
-    g.add_argument("--eval-batch-size", type=int, default=S, help="default 512")
-    g.add_argument("--lr", type=float, default=S, help="initial learning rate (default 0.1)")
-    g.add_argument("--lr-milestones", type=_float_list, default=S, metavar="F1,F2",
-                   help="fractions of the epochs at which lr is multiplied by --lr-decay (default 0.4,0.6)")
-    g.add_argument("--lr-decay", type=float, default=S, help="default 0.1")
-    g.add_argument("--momentum", type=float, default=S, help="default 0.9")
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=S, help="default on")
-    g.add_argument("--weight-decay", type=float, default=S, help="default 5e-4")
-    g.add_argument("--seed", type=int, default=S, help="default 0")
+    add_schedule_args(p)
     p.set_defaults(fixed_method=fixed_method)
 
 

@@ -25,9 +25,12 @@ class TrainConfig:
     Exits are placed by exactly one of ``exits`` (number of outputs, final included), ``exit_blocks``,
     ``exit_layers`` or ``exit_nodes``; with none, the network has only its final output.
     ``num_classes`` defaults to the dataset's. ``device``: ``auto`` takes CUDA when available.
+    ``init_from``: a run folder or model file whose backbone weights start the run (fine-tuning, or the
+    frozen trunk of the ``probe`` method); the heads start fresh.
     """
 
     model: str = ""
+    init_from: str | None = None
     method: str = "standard"
     method_options: dict[str, Any] = field(default_factory=dict)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +91,10 @@ class TrainConfig:
             raise CompactError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         from compact.methods import METHODS
 
-        options = METHODS.get(self.method).options  # unknown methods list the valid ones
+        method = METHODS.get(self.method)  # unknown methods list the valid ones
+        if method.needs_trained_trunk and not self.init_from:
+            raise CompactError(f"method {self.method} works on a trained network: set init_from (a run or model file)")
+        options = method.options
         if not isinstance(self.method_options, dict) or set(self.method_options) - set(options):
             valid = ", ".join(options) or "none"
             raise CompactError(f"method {self.method} takes options: {valid}; got {self.method_options!r}")

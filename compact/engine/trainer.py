@@ -86,6 +86,23 @@ def identity(cfg: TrainConfig, net: MultiExitNet, data: Data) -> dict[str, Any]:
             "method": cfg.method}
 
 
+def load_backbone(net: MultiExitNet, source: str | Path) -> None:
+    """Copy the backbone weights of ``source`` (a run folder or a full / multi-exit model file) into ``net``."""
+    from compact.engine.run import open_run
+    from compact.modelfile import load_model
+
+    path = Path(source)
+    module, info = open_run(path).network() if path.is_dir() else load_model(path)
+    if info.kind == "exit":
+        raise CompactError(f"{source} is a single exit ({info.exit_nodes[0]}); starting from it needs the whole network")
+    backbone = module.backbone if isinstance(module, MultiExitNet) else module
+    try:
+        net.backbone.load_state_dict(backbone.state_dict())
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CompactError(f"{source} holds a {info.arch} that does not fit this run's network: {first}") from exc
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module, loader, device: torch.device, outputs: list[bool] | None = None
@@ -171,6 +188,10 @@ def train_epoch(
     }
 
 
+def _echo(message: str) -> None:
+    print(message, flush=True)  # flushed: epoch lines must reach a log file as they happen
+
+
 def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
     present = [f for f in RUN_FILES if (out / f).exists()]
     if resume:
@@ -206,7 +227,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = _echo,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` into the run folder ``out`` and return the run's summary.
@@ -227,6 +248,9 @@ def train(
         tune_cpu_allocator()  # reuse freed feature-map memory instead of page-faulting it back every step
     data = load_data(data_options(cfg))
     net, weighting = build_network(cfg, data)
+    resuming = resume and (out / CHECKPOINT).is_file()
+    if cfg.init_from and not resuming:
+        load_backbone(net, cfg.init_from)
     net.to(device)
     sgd = SGDConfig(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     method = create_method(cfg.method, net, sgd, weighting, **cfg.method_options)
@@ -236,7 +260,7 @@ def train(
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if resume and (out / CHECKPOINT).is_file():
+    if resuming:
         state = load_checkpoint(out / CHECKPOINT)
         check_identity(out / CHECKPOINT, state.get("identity", {}), ident)
         try:

@@ -100,11 +100,18 @@ class MultiExitNet(nn.Module):
         """Final logits only, exactly the backbone's forward."""
         return self.backbone(x)
 
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One backbone forward returning the feature at every exit node and the final logits
+        (under ``final_node``)."""
+        if not self.exit_nodes:
+            return {self.final_node: self.backbone(x)}
+        return self._extractor("all")(x)
+
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """One shared forward: logits of every output, shallow to deep, final last."""
         if not self.exit_nodes:
             return [self.backbone(x)]
-        feats = self._extractor("all")(x)
+        feats = self.features(x)
         outs = [head(feats[name]) for head, name in zip(self.heads, self.exit_nodes)]
         outs.append(feats[self.final_node])
         return outs

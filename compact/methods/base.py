@@ -60,6 +60,8 @@ class BPMethod(ABC):
     name: ClassVar[str]
     #: options accepted by the constructor besides net/sgd/weighting, with their defaults
     options: ClassVar[dict[str, Any]] = {}
+    #: whether the method only makes sense on a trained network (the engine then requires ``init_from``)
+    needs_trained_trunk: ClassVar[bool] = False
 
     def __init__(
         self,
