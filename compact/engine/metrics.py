@@ -48,7 +48,8 @@ class MetricsLog:
             else:
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=first_epoch + 1)
 
-    def write(self, history: list[dict[str, Any]]) -> None:
+    def write(self, history: list[dict[str, Any]], tensorboard: bool = True) -> None:
+        """Rewrite the files from ``history``; log its last record to TensorBoard if ``tensorboard``."""
         write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=csv_columns(self.num_outputs), extrasaction="ignore")
@@ -60,7 +61,7 @@ class MetricsLog:
                     row[f"{k}_{i}"] = v
             w.writerow({k: ("" if v is None else v) for k, v in row.items()})
         write_text(self.run_dir / "metrics.csv", buf.getvalue())
-        if self.writer is not None and history:
+        if tensorboard and self.writer is not None and history:
             self._tensorboard(history[-1])
 
     def _tensorboard(self, r: dict[str, Any]) -> None:

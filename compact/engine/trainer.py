@@ -283,7 +283,8 @@ def train(
         f"{net.num_outputs} outputs at layers {net.depths}, method {cfg.method}, device {device}"
     )
     metrics = MetricsLog(out, net.num_outputs, first_epoch=start_epoch)
-    metrics.write(history)  # files agree with the checkpoint even if the last run stopped between the two
+    # files agree with the checkpoint even if the last run stopped between the two; TensorBoard has it already
+    metrics.write(history, tensorboard=False)
     trained = [method.trains_output(i, net.num_outputs) for i in range(net.num_outputs)]
     milestones = cfg.milestone_epochs()
     try:
