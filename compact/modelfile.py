@@ -182,6 +182,18 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return list(forward_exits(x)) if forward_exits is not None else [model(x)]
 
 
+def structure_attrs(model: nn.Module, info: ModelInfo) -> dict[str, dict[str, Any]]:
+    """The plain attributes of ``model`` that differ from a fresh build of ``info`` (see the module docstring)."""
+    with torch.random.fork_rng(devices=[]):
+        reference = build_module(info)
+    return _attr_diff(model, reference)
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], info: ModelInfo, source: Path | str) -> None:
+    """Load ``state`` into ``module`` (built by :func:`build_module`), resizing it to the state's shapes."""
+    _load_weights(module, state, info, source)
+
+
 def save_model(model: nn.Module, path: str | Path, info: ModelInfo, verify: bool = True) -> ModelInfo:
     """Write ``model`` with its description ``info`` (``attrs`` and ``params`` are filled in here).
 

@@ -27,6 +27,8 @@ class TrainConfig:
     ``num_classes`` defaults to the dataset's. ``device``: ``auto`` takes CUDA when available.
     ``init_from``: a run folder or model file whose backbone weights start the run (fine-tuning, or the
     frozen trunk of the ``probe`` method); the heads start fresh.
+    ``soft_prune``: ``{"ratios": {layer: fraction}, "round_to": n}`` for soft filter pruning (set by
+    ``compact prune --method sfp``): filters are zeroed after every epoch and removed at the end.
     """
 
     model: str = ""
@@ -60,6 +62,7 @@ class TrainConfig:
     lr_decay: float = 0.1
     seed: int = 0
     device: str = "auto"
+    soft_prune: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -98,6 +101,10 @@ class TrainConfig:
         if not isinstance(self.method_options, dict) or set(self.method_options) - set(options):
             valid = ", ".join(options) or "none"
             raise CompactError(f"method {self.method} takes options: {valid}; got {self.method_options!r}")
+        if self.soft_prune is not None and (
+            not isinstance(self.soft_prune, dict) or not isinstance(self.soft_prune.get("ratios"), dict)
+        ):
+            raise CompactError(f"soft_prune must be a mapping with 'ratios' (layer: fraction), got {self.soft_prune!r}")
         if not isinstance(self.model_kwargs, dict):
             raise CompactError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
 

@@ -16,7 +16,7 @@ from compact.engine.trainer import CHECKPOINT, CONFIG, MODEL
 from compact.errors import CompactError
 from compact.exits import MultiExitNet
 from compact.exits.standalone import exit_index, extract_exit
-from compact.modelfile import ModelInfo, build_module, load_model, save_model
+from compact.modelfile import ModelInfo, build_module, load_model, load_state, save_model
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Run:
         with torch.random.fork_rng(devices=[]):
             net = build_module(info)
         try:
-            net.load_state_dict(state["model"])
+            load_state(net, state["model"], info, self.path / CHECKPOINT)
         except RuntimeError as exc:
             raise CompactError(f"checkpoint {self.path / CHECKPOINT} does not fit its own description: {exc}") from exc
         info.source["epochs"] = int(state["epoch"])

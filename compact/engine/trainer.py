@@ -38,7 +38,7 @@ from compact.engine.metrics import MetricsLog
 from compact.errors import CompactError
 from compact.exits import LossWeighting, MultiExitNet, attach_exits
 from compact.methods import BPMethod, SGDConfig, create_method
-from compact.modelfile import ModelInfo, save_model
+from compact.modelfile import ModelInfo, save_model, structure_attrs
 
 CONFIG, CHECKPOINT, MODEL, SUMMARY = "config.yaml", "checkpoint.pt", "model.safetensors", "summary.json"
 RUN_FILES = (CONFIG, "metrics.jsonl", "metrics.csv", CHECKPOINT, MODEL, SUMMARY)
@@ -67,14 +67,29 @@ def data_options(cfg: TrainConfig) -> DataOptions:
 
 
 def build_network(cfg: TrainConfig, data: Data) -> tuple[MultiExitNet, LossWeighting]:
-    """The configured model with its exits, for ``data``'s classes and input size, seeded by ``cfg.seed``."""
+    """The configured model with its exits, for ``data``'s classes and input size, seeded by ``cfg.seed``.
+
+    With ``cfg.init_from`` the backbone is the source's (its structure, pruned or not, and its weights);
+    the heads are new.
+    """
     from compact.models import create_model
 
     num_classes = cfg.num_classes or data.num_classes
     if num_classes != data.num_classes:
         raise CompactError(f"num_classes is {cfg.num_classes} but {data.name} has {data.num_classes} classes")
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=num_classes, in_chans=data.input_size[0], **cfg.model_kwargs)
+    if cfg.init_from:
+        model, info = source_backbone(cfg.init_from)
+        if info.arch != cfg.model:
+            raise CompactError(f"init_from {cfg.init_from} holds a {info.arch}, but this run's model is {cfg.model}")
+        if info.num_classes != num_classes or list(info.input_size) != list(data.input_size):
+            raise CompactError(
+                f"init_from {cfg.init_from} takes {tuple(info.input_size)} inputs with {info.num_classes} classes; "
+                f"{data.name} has {tuple(data.input_size)} with {data.num_classes}"
+            )
+        model.train()
+    else:
+        model = create_model(cfg.model, num_classes=num_classes, in_chans=data.input_size[0], **cfg.model_kwargs)
     net = attach_exits(model, **cfg.placement, head=cfg.head, input_size=data.input_size)
     return net, LossWeighting(net.depths, nu=cfg.nu, schedule=cfg.schedule)
 
@@ -86,21 +101,19 @@ def identity(cfg: TrainConfig, net: MultiExitNet, data: Data) -> dict[str, Any]:
             "method": cfg.method}
 
 
-def load_backbone(net: MultiExitNet, source: str | Path) -> None:
-    """Copy the backbone weights of ``source`` (a run folder or a full / multi-exit model file) into ``net``."""
+def source_backbone(source: str | Path) -> tuple[torch.nn.Module, Any]:
+    """The backbone (structure and weights, on the CPU) of a run folder or a full / multi-exit model file,
+    with the source's model description."""
     from compact.engine.run import open_run
     from compact.modelfile import load_model
 
     path = Path(source)
+    if not path.exists():
+        raise CompactError(f"{source} does not exist (it defines the network this run starts from)")
     module, info = open_run(path).network() if path.is_dir() else load_model(path)
     if info.kind == "exit":
         raise CompactError(f"{source} is a single exit ({info.exit_nodes[0]}); starting from it needs the whole network")
-    backbone = module.backbone if isinstance(module, MultiExitNet) else module
-    try:
-        net.backbone.load_state_dict(backbone.state_dict())
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CompactError(f"{source} holds a {info.arch} that does not fit this run's network: {first}") from exc
+    return (module.backbone if isinstance(module, MultiExitNet) else module), info
 
 
 @torch.no_grad()
@@ -249,14 +262,14 @@ def train(
     data = load_data(data_options(cfg))
     net, weighting = build_network(cfg, data)
     resuming = resume and (out / CHECKPOINT).is_file()
-    if cfg.init_from and not resuming:
-        load_backbone(net, cfg.init_from)
+    soft = _soft_pruning(cfg, data)
     net.to(device)
     sgd = SGDConfig(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     method = create_method(cfg.method, net, sgd, weighting, **cfg.method_options)
     train_loader, test_loader = data.loaders(cfg.batch_size, cfg.seed, cfg.eval_batch_size)
     ident = identity(cfg, net, data)
     info = model_info(cfg, net, data, out)
+    info.attrs = structure_attrs(net, info)  # a pruned source differs from a fresh build
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -268,6 +281,8 @@ def train(
             method.load_state_dict(state["method"])
         except (RuntimeError, KeyError) as exc:
             raise CompactError(f"checkpoint {out / CHECKPOINT} does not fit this network: {exc}") from exc
+        if soft is not None:
+            soft.load_state_dict(state.get("soft_prune", {}))
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
@@ -299,6 +314,8 @@ def train(
                 kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
                 raise TrainingDiverged(f"{exc}; training stopped, {kept} in {out}; try a lower --lr") from None
             t = time.perf_counter()
+            if soft is not None:
+                soft.zero(net.backbone)  # SFP: the zeroed filters keep training in the next epoch
             test_loss, test_err = evaluate(net, test_loader, device, trained)
             record = {
                 "epoch": epoch + 1, "lr": method.lr, "nu": weighting.nu, "gammas": weighting.gammas(),
@@ -313,7 +330,8 @@ def train(
                 out / CHECKPOINT,
                 {"epoch": epoch + 1, "identity": ident, "config": cfg.to_dict(), "model_info": asdict(info),
                  "model": net.state_dict(),
-                 "method": method.state_dict(), "rng": rng, "history": history},
+                 "method": method.state_dict(), "rng": rng, "history": history,
+                 "soft_prune": soft.state_dict() if soft is not None else None},
             )
             metrics.write(history)
             log(_epoch_line(record, cfg.epochs))
@@ -321,7 +339,18 @@ def train(
                 on_epoch_end(record)
     finally:
         metrics.close()
+    if soft is not None:
+        soft.finalize(net.backbone)  # remove exactly the filters zeroed last
+        net.__dict__["_extractors"].clear()
     return _finish(cfg, out, net, info, history)
+
+
+def _soft_pruning(cfg: TrainConfig, data: Data):
+    if not cfg.soft_prune:
+        return None
+    from compact.prune.sfp import SoftFilterPruning
+
+    return SoftFilterPruning(cfg.soft_prune["ratios"], data.input_size, cfg.soft_prune.get("round_to"))
 
 
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:

@@ -1,0 +1,261 @@
+"""Pruning methods, allocation and the search for a target number of MACs, on torch-pruning.
+
+torch-pruning's ``DependencyGraph`` finds which layers must shrink together; its ``BasePruner`` picks
+channels by an importance (compact's, :mod:`compact.prune.importance`) with either
+
+- ``uniform`` allocation: every prunable layer loses the same fraction of its channels, or
+- ``global`` allocation: channels are ranked across layers (importances normalised per group),
+
+never more than ``max_layer_ratio`` of a layer, and keeping channel counts multiples of ``round_to``.
+:func:`search_ratio` finds the pruning ratio whose physically pruned model has the target MACs
+(convolution and linear MACs, measured, never computed from a formula), within a tolerance.
+
+The classifier's outputs are never pruned. In CIFAR ResNets with zero-padding shortcuts (option A) the
+residual stream cannot shrink consistently (the padding is fixed by the architecture), so there only the
+first convolution of each block is pruned, as in Li et al. (2017); with 1x1-convolution shortcuts
+(option B) everything but the classifier is prunable.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from compact._registry import Registry
+from compact.errors import CompactError
+from compact.profile import conv_linear_macs
+from compact.prune.importance import FilterNorm, GeometricMedian
+
+ALLOCATIONS = ("uniform", "global")
+
+
+@dataclass(frozen=True)
+class PruneMethod:
+    """``soft``: filters are zeroed after every training epoch and removed at the end (SFP)."""
+
+    name: str
+    importance: Callable[[], tp.importance.Importance]
+    soft: bool
+    description: str
+
+
+PRUNERS: Registry[PruneMethod] = Registry("pruning method")
+for _m in (
+    PruneMethod("l1", lambda: FilterNorm(p=1), False,
+                "L1-norm filter pruning (PFEC, Li et al. 2017): prune a trained model, then fine-tune"),
+    PruneMethod("fpgm", GeometricMedian, False,
+                "geometric-median filter pruning (FPGM, He et al. 2019): prune, then fine-tune"),
+    PruneMethod("sfp", lambda: FilterNorm(p=2), True,
+                "soft filter pruning (SFP, He et al. 2018): zero the lowest-L2 filters after every epoch, "
+                "keep training them, remove the last zeroed ones at the end"),
+):
+    PRUNERS.register(_m.name)(_m)
+
+
+@dataclass
+class PruneSettings:
+    allocation: str = "uniform"
+    max_layer_ratio: float = 0.9
+    round_to: int | None = 8
+
+    def __post_init__(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise CompactError(f"unknown allocation {self.allocation!r}; valid: {', '.join(ALLOCATIONS)}")
+        if not 0 < self.max_layer_ratio < 1:
+            raise CompactError(f"the per-layer cap must be in (0, 1), got {self.max_layer_ratio}")
+        if self.round_to is not None and self.round_to < 1:
+            raise CompactError(f"round_to must be >= 1, got {self.round_to}")
+
+
+def parse_macs(text: str | int | float) -> int:
+    """``63M``, ``1.2G``, ``500K`` or a plain number of MACs."""
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgG]?)\s*", str(text))
+        if not m:
+            raise CompactError(f"cannot read {text!r} as a number of MACs (examples: 63M, 1.2G, 500K)")
+        value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    if value <= 0:
+        raise CompactError(f"a MACs target must be > 0, got {text!r}")
+    return int(round(value))
+
+
+def never_pruned(model: nn.Module) -> list[nn.Module]:
+    """Layers whose outputs are never pruned: the classifier and, with option-A shortcuts, the residual stream."""
+    from compact.models.cifar_resnet import BasicBlock, CifarResNet
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    ignored: list[nn.Module] = linears[-1:]
+    if isinstance(model, CifarResNet):
+        blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+        if any(b.subsample and b.downsample is None for b in blocks):
+            ignored += [model.conv1, *(b.conv2 for b in blocks)]
+    return ignored
+
+
+def _example(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.zeros(1, *input_size, device=device)
+
+
+def _traced(what: str, model: nn.Module, fn: Callable):
+    try:
+        return fn()
+    except CompactError:
+        raise
+    except Exception as exc:  # torch-pruning raises many types for operations it cannot trace
+        raise CompactError(
+            f"torch-pruning cannot {what} {type(model).__name__}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def dependency_graph_for(model: nn.Module, input_size: Sequence[int]) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model`` traced with one input of ``input_size``."""
+    return _traced("trace", model, lambda: tp.DependencyGraph().build_dependency(
+        model, example_inputs=_example(model, input_size)))
+
+
+def prunable_layers(model: nn.Module, input_size: Sequence[int], method: PruneMethod) -> dict[str, torch.Tensor]:
+    """Name of the root layer of every prunable group -> importance of its channels, normalised by their mean
+    (so that layers compare in global allocation), in the model's order."""
+    names = {m: n for n, m in model.named_modules()}
+    graph = dependency_graph_for(model, input_size)
+    importance = method.importance()
+    out: dict[str, torch.Tensor] = {}
+    groups = graph.get_all_groups(ignored_layers=never_pruned(model), root_module_types=[nn.Conv2d, nn.Linear])
+    for group in _traced("group the layers of", model, lambda: list(groups)):
+        imp = importance(group)
+        if imp is None:
+            continue
+        out[names[group[0].dep.target.module]] = (imp / imp.mean().clamp_min(1e-12)).cpu()
+    if not out:
+        raise CompactError(f"{type(model).__name__} has no prunable layers (only the classifier was found)")
+    return out
+
+
+def allocate(layers: dict[str, torch.Tensor], ratio: float, settings: PruneSettings) -> dict[str, float]:
+    """Fraction of channels to remove from each layer for an overall ``ratio``.
+
+    Capped per layer at ``max_layer_ratio``, and so that at least ``round_to`` channels stay (torch-pruning
+    rounds the remaining channels down to a multiple of ``round_to``, and skips a layer it would empty).
+    """
+    keep = settings.round_to or 1
+
+    def capped(n: int, r: float) -> float:
+        return max(0.0, min(r, settings.max_layer_ratio, (n - keep) / n))
+
+    if settings.allocation == "uniform":
+        return {name: capped(len(imp), ratio) for name, imp in layers.items()}
+    scores = torch.cat(list(layers.values()))
+    k = int(ratio * len(scores))
+    if k == 0:
+        return {name: 0.0 for name in layers}
+    threshold = torch.kthvalue(scores, k).values
+    return {name: capped(len(imp), int((imp <= threshold).sum()) / len(imp)) for name, imp in layers.items()}
+
+
+def prune_layers(
+    model: nn.Module, input_size: Sequence[int], method: PruneMethod, ratios: dict[str, float],
+    settings: PruneSettings, interactive: bool = False,
+):
+    """Remove ``ratios[name]`` of the channels of each named layer (and everything coupled to them), in place.
+
+    With ``interactive`` the torch-pruning groups are returned instead of pruned (for soft pruning).
+    """
+    modules = dict(model.named_modules())
+    ratio_dict = {modules[n]: r for n, r in ratios.items() if r > 0}
+    if not ratio_dict:
+        return [] if interactive else model
+    was_training = model.training
+    model.eval()
+    pruner = _traced("trace", model, lambda: tp.pruner.BasePruner(
+        model, example_inputs=_example(model, input_size), importance=method.importance(),
+        pruning_ratio=0.0, pruning_ratio_dict=ratio_dict, max_pruning_ratio=1.0,
+        round_to=settings.round_to, ignored_layers=never_pruned(model),
+    ))
+    if interactive:
+        groups = _traced("prune", model, lambda: list(pruner.step(interactive=True)))
+        model.train(was_training)
+        return groups
+    _traced("prune", model, pruner.step)
+    model.train(was_training)
+    return model
+
+
+@dataclass
+class SearchResult:
+    """The per-layer pruning ratios that give ``macs`` (closest to ``target``)."""
+
+    ratios: dict[str, float]
+    macs: int
+    target: int
+    full_macs: int
+
+
+def search_ratios(
+    model: nn.Module,
+    input_size: Sequence[int],
+    method: PruneMethod,
+    target_macs: int,
+    settings: PruneSettings,
+    tolerance: float = 0.03,
+    steps: int = 12,
+) -> SearchResult:
+    """Per-layer pruning ratios whose pruned copy of ``model`` has conv+linear MACs closest to ``target_macs``.
+
+    First a bisection on the overall ratio (MACs fall as it grows; every probe prunes a copy and measures
+    it). Channel rounding makes MACs a staircase, so the two ratios around the target are then mixed: the
+    first ``j`` layers take the higher one, the rest the lower one, ``j`` found by bisection too.
+    Raises when the target is above the model's MACs, or not reachable within ``tolerance``.
+    """
+    full = conv_linear_macs(model, input_size)
+    if target_macs >= full:
+        raise CompactError(f"target {target_macs:,} MACs is not below the model's {full:,} MACs")
+    layers = prunable_layers(model, input_size, method)
+    tried: list[tuple[int, dict[str, float]]] = []
+
+    def measure(ratios: dict[str, float]) -> int:
+        pruned = prune_layers(copy.deepcopy(model), input_size, method, ratios, settings)
+        macs = conv_linear_macs(pruned, input_size)
+        tried.append((macs, ratios))
+        return macs
+
+    lo, hi = 0.0, settings.max_layer_ratio if settings.allocation == "uniform" else 1.0
+    hi_macs = measure(allocate(layers, hi, settings))
+    if hi_macs > target_macs * (1 + tolerance):
+        kept = "the classifier" + (" and the residual stream of option-A shortcuts" if len(never_pruned(model)) > 1 else "")
+        raise CompactError(
+            f"target {target_macs:,} MACs is too small to reach: with at most {settings.max_layer_ratio:.0%} of "
+            f"every prunable layer removed, {hi_macs:,} MACs remain ({kept} are never pruned); raise "
+            "--max-layer-ratio or choose a larger target"
+        )
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if measure(allocate(layers, mid, settings)) > target_macs:
+            lo = mid
+        else:
+            hi = mid
+    low, high = allocate(layers, lo, settings), allocate(layers, hi, settings)
+    names = list(layers)
+    a, b = 0, len(names)
+    while b - a > 1:  # mixing: first j layers at the higher ratio
+        j = (a + b) // 2
+        mixed = {n: (high[n] if i < j else low[n]) for i, n in enumerate(names)}
+        if measure(mixed) > target_macs:
+            a = j
+        else:
+            b = j
+    macs, ratios = min(tried, key=lambda t: abs(t[0] - target_macs))
+    if abs(macs - target_macs) > tolerance * target_macs:
+        raise CompactError(
+            f"no pruning gives {target_macs:,} MACs within {tolerance:.0%}: the closest is {macs:,}; with "
+            f"--round-to {settings.round_to} channel counts move in coarse steps, try a smaller --round-to"
+        )
+    return SearchResult(ratios, macs, target_macs, full)
