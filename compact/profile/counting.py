@@ -72,17 +72,17 @@ class Counts:
 @torch.no_grad()
 def count(model: nn.Module, input_size: Sequence[int]) -> Counts:
     """Parameters and MACs of ``model`` (eval mode, batch 1) with fvcore."""
-    from fvcore.nn import FlopCountAnalysis
-
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        analysis = FlopCountAnalysis(model, torch.zeros(1, *input_size, device=device))
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings; skipped operators are reported below
+            warnings.simplefilter("ignore")  # import and tracer warnings; skipped operators are reported below
+            from fvcore.nn import FlopCountAnalysis
+
+            analysis = FlopCountAnalysis(model, torch.zeros(1, *input_size, device=device))
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
             by_op = dict(analysis.by_operator())
             skipped = dict(analysis.unsupported_ops())
     finally:

@@ -1,0 +1,71 @@
+"""`compact profile`: parameters, MACs, ONNX export and parity, latency; one JSON profile per model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from compact.cli._common import _int_list
+from compact.errors import CompactError
+
+
+def _add_profile(sub) -> None:
+    text = "profile models: parameters, MACs (fvcore), ONNX export + parity, latency (ONNX Runtime, PyTorch)"
+    p = sub.add_parser("profile", help=text, description=text + ". Several models are timed interleaved.")
+    p.add_argument("targets", nargs="+", metavar="MODEL_OR_RUN", help="model files (.safetensors) or run folders")
+    p.add_argument("--exit", default=None, metavar="K", help="for runs / multi-exit files: output index or 'final'")
+    p.add_argument("--onnx", action="store_true", help="export to ONNX, check, compare, and time ONNX Runtime")
+    p.add_argument("--batch", type=_int_list, default=[1], metavar="B1,B2", help="batch sizes to time (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="threads for PyTorch and ONNX Runtime")
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds (median and p10-p90 over them)")
+    p.add_argument("--repeats", type=int, default=5, help="calls per round")
+    p.add_argument("--no-latency", action="store_true", help="counts (and ONNX checks) only")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the profiles (a list) to PATH")
+    p.add_argument("--no-store", action="store_true", help="do not write profiles next to the models")
+
+
+def _cmd_profile(args) -> int:
+    from compact.profile.profiler import load_target, profile_models, write_profile
+
+    if args.rounds < 1 or args.repeats < 1:
+        raise CompactError("--rounds and --repeats must be >= 1")
+    targets = [load_target(t, args.exit) for t in args.targets]
+    profiles = profile_models(targets, onnx=args.onnx, batches=args.batch, threads=args.threads,
+                              rounds=args.rounds, repeats=args.repeats, latency=not args.no_latency)
+    for t, prof in zip(targets, profiles):
+        if not args.no_store:
+            write_profile(prof, t.profile_path)
+    if args.json:
+        from compact._atomic import write_text
+
+        write_text(args.json, json.dumps(profiles, indent=2) + "\n")
+    _print(profiles, args.batch)
+    return 0
+
+
+def _print(profiles: list[dict], batches: list[int]) -> None:
+    cols = [(rt, b) for rt in ("onnxruntime", "pytorch") for b in batches
+            if any(rt in p.get("latency_ms", {}) for p in profiles)]
+    head = f"{'model':<34}{'params':>11}{'MACs':>14}{'conv+lin MACs':>15}"
+    head += "".join(f"{('ort' if rt == 'onnxruntime' else 'torch') + f' b{b} ms':>22}" for rt, b in cols)
+    print(head)
+    for p in profiles:
+        line = f"{p['model'][:33]:<34}{p['params']:>11,}{p['macs']:>14,}{p['macs_conv_linear']:>15,}"
+        for rt, b in cols:
+            t = p.get("latency_ms", {}).get(rt, {}).get(str(b))
+            cell = "-" if t is None else "{median:.2f} ({p10:.2f}-{p90:.2f})".format(**t)
+            line += f"{cell:>22}"
+        print(line)
+    for p in profiles:
+        if p["skipped_ops"]:
+            skipped = ", ".join(f"{k} x{v}" for k, v in sorted(p["skipped_ops"].items()))
+            print(f"{p['model']}: fvcore skipped (not in MACs): {skipped}")
+        if "onnx" in p:
+            print(f"{p['model']}: ONNX opset {p['onnx']['opset']}, parity max |diff| {p['onnx']['parity_max_abs']:.1e}")
+    if profiles and "latency_ms" in profiles[0]:
+        s = profiles[0]["settings"]
+        print(f"latency: median (p10-p90) of {s['rounds']} interleaved rounds x {s['repeats']} calls, "
+              f"{s['threads']} threads" + (", ONNX Runtime CPU provider, ORT_ENABLE_ALL" if s["onnxruntime"] else ""))
+
+
+COMMANDS = {"profile": (_add_profile, _cmd_profile)}

@@ -1,0 +1,81 @@
+"""`compact prune`: L1-norm (PFEC), FPGM and SFP pruning to a target MACs, with fine-tuning."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from compact.cli.train import S, _config_values, _key_value, add_data_args, add_schedule_args
+from compact.errors import CompactError
+
+#: PFEC's retraining of pruned CIFAR ResNets: 40 epochs at a constant learning rate of 0.001
+FINETUNE = {"epochs": 40, "lr": 0.001, "lr_milestones": []}
+
+
+def _add_prune(sub) -> None:
+    text = "prune a model to a target MACs (l1 = PFEC, fpgm, sfp) and fine-tune it"
+    p = sub.add_parser("prune", help=text, description=text + ". MACs are convolution + linear multiply-"
+                       "accumulates of one input, measured on the physically pruned model.")
+    p.add_argument("--method", required=True, help="l1, fpgm or sfp")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", default=None, help="a model name: prune at initialisation (sfp: train from scratch)")
+    src.add_argument("--from", dest="source", default=None, metavar="RUN_OR_FILE", help="a trained run or model file")
+    tgt = p.add_argument_group("target (one of)")
+    tgt.add_argument("--macs-ratio", type=float, default=None, metavar="R", help="fraction of the MACs to keep")
+    tgt.add_argument("--target-macs", default=None, metavar="M", help="e.g. 63M, 1.2G")
+    tgt.add_argument("--match", default=None, metavar="FILE_OR_RUN", help="the MACs of another model (an exit, a run)")
+    tgt.add_argument("--recipe", default=None, help="published L1 recipe: pfec-a or pfec-b (cifar_resnet56/110)")
+    g = p.add_argument_group("allocation")
+    g.add_argument("--allocation", default="uniform", help="uniform (same fraction per layer) or global")
+    g.add_argument("--max-layer-ratio", type=float, default=0.9, help="at most this fraction of a layer (0.9)")
+    g.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of N (8; 1 = off)")
+    p.add_argument("--no-finetune", action="store_true", help="l1/fpgm: stop after pruning")
+    p.add_argument("--model-arg", dest="model_kwargs", type=_key_value, action="append", default=S,
+                   metavar="KEY=VALUE", help="extra model constructor argument (with --model), e.g. shortcut=B")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (a run folder plus the pruned model)")
+    p.add_argument("--resume", action="store_true", help="continue the job in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a job found in --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    add_data_args(p)
+    add_schedule_args(p, epochs_default=40)
+    p.set_defaults(fixed_method=None)
+
+
+def _cmd_prune(args) -> int:
+    from compact.engine import TrainConfig, open_run
+    from compact.modelfile import read_info
+    from compact.prune import PRUNERS, PruneSettings
+    from compact.prune.job import Target, prune_job
+
+    method = PRUNERS.get(args.method)  # unknown methods list the valid ones
+    target = None
+    if not args.resume:
+        target = Target(macs=args.target_macs, ratio=args.macs_ratio, match=args.match, recipe=args.recipe)
+    settings = PruneSettings(allocation=args.allocation, max_layer_ratio=args.max_layer_ratio,
+                             round_to=None if args.round_to == 1 else args.round_to)
+    cli = _config_values(args)
+    cli.pop("method", None)
+    cli.pop("model", None)  # --model is the source here, handled below
+    base: dict = {} if method.soft else dict(FINETUNE)
+    if args.source:
+        path = Path(args.source)
+        if path.is_dir():
+            stored = open_run(path).config.to_dict()
+            base.update({k: stored[k] for k in ("model", "model_kwargs", "num_classes", "data", "data_dir", "subset",
+                                                "test_subset", "image_size", "seed", "batch_size", "eval_batch_size")})
+        elif path.is_file():
+            info = read_info(path)
+            base.update(model=info.arch, model_kwargs=info.model_kwargs, num_classes=info.num_classes,
+                        data=info.dataset or "fashion-mnist", seed=int(info.source.get("seed", 0)))
+        else:
+            raise CompactError(f"--from {args.source} does not exist")
+        base["init_from"] = str(path)
+    else:
+        base["model"] = args.model
+    cfg = TrainConfig.from_dict({**base, **cli, "method": "standard"}, "options")
+    prune_job(args.method, cfg, target, settings, args.out, finetune=not args.no_finetune, resume=args.resume,
+              overwrite=args.overwrite, progress=args.progress)
+    return 0
+
+
+COMMANDS = {"prune": (_add_prune, _cmd_prune)}

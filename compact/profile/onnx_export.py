@@ -1,0 +1,73 @@
+"""ONNX export with a checker pass and a parity check against ONNX Runtime.
+
+Exporter choice: torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) at opset
+``OPSET`` (17). torch 2.14's default, the dynamo exporter, needs the extra ``onnxscript`` package and
+re-traces the model with torch.export; the TorchScript exporter handles every model compact makes (FX
+graph modules of exported exits included) with the dependencies compact already has. The batch axis is
+dynamic, so one file serves every batch size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compact._atomic import atomic_path
+from compact.errors import CompactError
+
+OPSET = 17
+INPUT, OUTPUT = "input", "logits"
+
+
+def export_onnx(model: nn.Module, input_size: Sequence[int], path: str | Path) -> Path:
+    """Export ``model`` (eval mode, CPU) to ``path`` with a dynamic batch axis and check it (full check)."""
+    import onnx
+
+    path = Path(path)
+    model = model.eval().cpu()
+    x = torch.zeros(2, *input_size)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and constant-folding notes
+        try:
+            torch.onnx.export(
+                model, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=[INPUT],
+                output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            )
+        except Exception as exc:  # the exporter raises various types; the message names the operator
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CompactError(f"ONNX cannot export {type(model).__name__}: {first}") from exc
+        try:
+            onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+        except Exception as exc:
+            raise CompactError(f"the ONNX export of {type(model).__name__} fails onnx's checker: {exc}") from exc
+    return path
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with all graph optimisations (``ORT_ENABLE_ALL``)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise CompactError("onnxruntime is not installed: pip install onnxruntime") from exc
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def parity(model: nn.Module, session, input_size: Sequence[int], batch: int = 4, seed: int = 0) -> float:
+    """Max absolute difference between PyTorch's and ONNX Runtime's outputs on random inputs."""
+    x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(seed))
+    expected = model.eval().cpu()(x).numpy()
+    got = session.run([OUTPUT], {INPUT: x.numpy()})[0]
+    if got.shape != expected.shape:
+        raise CompactError(f"ONNX Runtime gives shape {got.shape}, PyTorch {expected.shape}")
+    return float(np.abs(got - expected).max())

@@ -1,0 +1,146 @@
+"""The profile of one or several models: parameters, MACs, ONNX export + parity, latency by runtime and batch.
+
+:func:`load_target` turns a model file or a run folder (optionally one exit of it) into a module;
+:func:`profile_models` measures several of them in one interleaved session and returns one JSON-ready
+profile per model, which :func:`write_profile` stores next to the model (``<file>.profile.json``) or in the
+run (``profile.json`` / ``profile-exit<k>.json``), so that reports never re-measure.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compact._atomic import write_text
+from compact.errors import CompactError
+from compact.profile.counting import count
+from compact.profile.latency import time_interleaved
+from compact.profile.onnx_export import OPSET, export_onnx, ort_session, parity
+
+RUNTIMES = ("onnxruntime", "pytorch")
+PARITY_LIMIT = 1e-4
+
+
+@dataclass
+class Target:
+    """A module to profile, where it came from, and where its profile belongs."""
+
+    name: str
+    module: nn.Module
+    input_size: list[int]
+    profile_path: Path
+    description: dict[str, Any]
+
+
+def load_target(path: str | Path, exit: str | None = None) -> Target:
+    """A model file or run folder; ``exit`` picks one output (index or ``final``) of a multi-exit network."""
+    from compact.engine import open_run
+    from compact.exits import MultiExitNet
+    from compact.exits.standalone import exit_index, extract_exit
+    from compact.modelfile import load_model
+
+    path = Path(path)
+    if path.is_dir():
+        module, info = open_run(path).network()
+    elif path.is_file():
+        module, info = load_model(path)
+    else:
+        raise CompactError(f"{path} does not exist")
+    desc = {"source": str(path), "arch": info.arch, "kind": info.kind, "dataset": info.dataset}
+    if isinstance(module, MultiExitNet):
+        i = exit_index(module, exit if exit is not None else "final")
+        desc.update(output=i, depth=module.depths[i], node=([*module.exit_nodes, "final"])[i])
+        module = extract_exit(module, i)
+        suffix = "" if exit is None else f"-exit{i}"
+    elif exit is not None:
+        raise CompactError(f"{path} is a single {info.kind} model; --exit applies to runs and multi-exit files")
+    else:
+        suffix = ""
+    if path.is_dir():
+        profile_path = path / f"profile{suffix}.json"
+    else:
+        profile_path = path.with_name(path.name.removesuffix(".safetensors") + f"{suffix}.profile.json")
+    name = path.name + (f"[exit {exit}]" if exit is not None else "")
+    return Target(name, module.eval().cpu(), list(info.input_size), profile_path, desc)
+
+
+def profile_models(
+    targets: Sequence[Target],
+    *,
+    onnx: bool = False,
+    batches: Sequence[int] = (1,),
+    threads: int | None = None,
+    rounds: int = 15,
+    repeats: int = 5,
+    latency: bool = True,
+) -> list[dict[str, Any]]:
+    """Profiles of ``targets``; latency of every model x runtime x batch is measured interleaved."""
+    if any(b <= 0 for b in batches):
+        raise CompactError(f"batch sizes must be > 0, got {list(batches)}")
+    if threads is not None:
+        if threads <= 0:
+            raise CompactError(f"threads must be > 0, got {threads}")
+        torch.set_num_threads(threads)
+    profiles: list[dict[str, Any]] = []
+    runners: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, t in enumerate(targets):
+            c = count(t.module, t.input_size)
+            prof: dict[str, Any] = {
+                "model": t.name, **t.description, "input_size": t.input_size, "params": c.params, "macs": c.macs,
+                "macs_conv_linear": c.macs_conv_linear, "macs_unit": "multiply-accumulates (fvcore flops)",
+                "macs_by_operator": c.by_operator, "skipped_ops": c.skipped_ops,
+            }
+            session = None
+            if onnx:
+                onnx_path = export_onnx(t.module, t.input_size, Path(tmp) / f"m{k}.onnx")
+                session = ort_session(onnx_path, threads)
+                diff = parity(t.module, session, t.input_size)
+                if diff >= PARITY_LIMIT:
+                    raise CompactError(f"{t.name}: ONNX Runtime differs from PyTorch by {diff:.2e} (limit {PARITY_LIMIT})")
+                prof["onnx"] = {"exporter": "torch.onnx TorchScript (dynamo=False)", "opset": OPSET,
+                                "checker": "full_check", "dynamic_batch": True, "parity_max_abs": diff,
+                                "file_bytes": onnx_path.stat().st_size}
+            for b in batches:
+                x = torch.randn(b, *t.input_size, generator=torch.Generator().manual_seed(b))
+                runners[f"{k}|pytorch|{b}"] = _torch_runner(t.module, x)
+                if session is not None:
+                    feed = {"input": x.numpy().astype(np.float32)}
+                    runners[f"{k}|onnxruntime|{b}"] = (lambda s=session, f=feed: s.run(None, f))
+            profiles.append(prof)
+        if latency:
+            timings = time_interleaved(runners, rounds=rounds, repeats=repeats)
+            for key, timing in timings.items():
+                k, runtime, b = key.split("|")
+                profiles[int(k)].setdefault("latency_ms", {}).setdefault(runtime, {})[b] = timing.to_dict()
+    settings = {
+        "threads": torch.get_num_threads(), "batches": list(batches), "rounds": rounds, "repeats": repeats,
+        "onnxruntime": {"provider": "CPUExecutionProvider", "graph_optimization_level": "ORT_ENABLE_ALL"}
+        if onnx else None,
+        "interleaved": [t.name for t in targets], "machine": f"{platform.machine()}, {platform.processor() or '?'}",
+        "torch": torch.__version__,
+    }
+    for prof in profiles:
+        prof["settings"] = settings
+    return profiles
+
+
+def _torch_runner(module: nn.Module, x: torch.Tensor):
+    def run() -> None:
+        with torch.inference_mode():
+            module(x)
+
+    return run
+
+
+def write_profile(profile: dict[str, Any], path: str | Path) -> None:
+    write_text(Path(path), json.dumps(profile, indent=2) + "\n")

@@ -1,0 +1,220 @@
+"""One pruning job, as `compact prune` runs it: source model -> target MACs -> pruned model -> fine-tuning
+(or SFP training) with the engine -> pruned model file and a report.
+
+The output folder is a run folder (config, metrics, checkpoints of the fine-tuning or SFP training) plus
+
+    plan.json            what was asked and resolved (method, target, per-layer ratios), written first
+    pruned-init.safetensors   the pruned model before fine-tuning (l1 / fpgm)
+    pruned.safetensors   the final pruned model (no heads), in compact's model file format
+    prune.json           the report: MACs and parameters before/after, test errors, settings, timings
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from compact._atomic import write_text
+from compact.errors import CompactError
+from compact.profile import count
+from compact.prune.base import PRUNERS, PruneSettings, parse_macs, prunable_layers, prune_layers, search_ratios
+from compact.prune.pfec import pfec_ratios
+
+PLAN, REPORT, PRUNED_INIT, PRUNED = "plan.json", "prune.json", "pruned-init.safetensors", "pruned.safetensors"
+
+
+@dataclass
+class Target:
+    """Exactly one of: ``macs`` (absolute), ``ratio`` (fraction of the source's MACs kept), ``match`` (a model
+    file or run whose MACs to match), ``recipe`` (a published PFEC recipe with fixed ratios)."""
+
+    macs: int | str | None = None
+    ratio: float | None = None
+    match: str | None = None
+    recipe: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("macs", "ratio", "match", "recipe") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise CompactError("give exactly one target: --target-macs, --macs-ratio, --match or --recipe")
+        if self.ratio is not None and not 0 < self.ratio < 1:
+            raise CompactError(f"--macs-ratio is the fraction of MACs kept and must be in (0, 1), got {self.ratio}")
+        if self.macs is not None:
+            self.macs = parse_macs(self.macs)
+
+
+def _module_of(path: Path) -> tuple[nn.Module, Any]:
+    """The module whose MACs a --match names: a model file's module, or a run's final network (no heads)."""
+    from compact.engine import open_run
+    from compact.modelfile import load_model
+
+    if path.is_dir():
+        net, info = open_run(path).network()
+        return net.backbone, info
+    return load_model(path)
+
+
+def resolve_target(target: Target, source: nn.Module, input_size) -> int | None:
+    """Target conv+linear MACs (None for a recipe)."""
+    from compact.profile import conv_linear_macs
+
+    if target.recipe:
+        return None
+    if target.macs is not None:
+        return int(target.macs)
+    if target.ratio is not None:
+        return int(round(target.ratio * conv_linear_macs(source, input_size)))
+    path = Path(target.match)
+    if not path.exists():
+        raise CompactError(f"--match {target.match} does not exist")
+    other, info = _module_of(path)
+    return conv_linear_macs(other, info.input_size)
+
+
+def _error(model: nn.Module, test_loader, device) -> float:
+    from compact.engine import evaluate
+
+    return evaluate(model.to(device), test_loader, device)[1][-1]
+
+
+def prune_job(
+    method: str,
+    cfg,  # TrainConfig of the fine-tuning (or SFP training); cfg.init_from is the source, or cfg.model alone
+    target: Target,
+    settings: PruneSettings,
+    out: str | Path,
+    *,
+    finetune: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Prune ``cfg``'s model to ``target`` with ``method`` and fine-tune it; returns the report."""
+    from compact.data import load_data
+    from compact.engine import train
+    from compact.engine.trainer import RUN_FILES, build_network, data_options, resolve_device
+    from compact.modelfile import ModelInfo, save_model
+
+    spec = PRUNERS.get(method)
+    out = Path(out)
+    if resume:
+        return _finish_resumed(out, progress, log)
+    if target.recipe and method != "l1":
+        raise CompactError(f"the published recipes ({target.recipe}) are L1-norm (PFEC) recipes; use --method l1")
+    if spec.soft and settings.allocation != "uniform":
+        raise CompactError("sfp prunes every layer at the same rate (He et al. 2018): use --allocation uniform")
+    present = [f for f in (*RUN_FILES, PLAN, PRUNED_INIT, PRUNED, REPORT) if (out / f).exists()]
+    if present and not overwrite:
+        raise CompactError(f"{out} holds a pruning job ({', '.join(present)}); pass --resume or --overwrite")
+
+    device = resolve_device(cfg.device)
+    data = load_data(data_options(cfg))
+    net, _ = build_network(replace(cfg, exits=None, exit_blocks=None, exit_layers=None, exit_nodes=None), data)
+    source = net.backbone.eval()
+    size = list(data.input_size)
+    _, test_loader = data.loaders(cfg.batch_size, cfg.seed, cfg.eval_batch_size)
+    before = count(source, size)
+    goal = resolve_target(target, source, size)
+
+    t0 = time.perf_counter()
+    if target.recipe:
+        ratios = pfec_ratios(source, cfg.model, target.recipe)
+        settings = replace(settings, round_to=None)  # the recipe's channel counts are int(n * (1 - ratio))
+    else:
+        ratios = search_ratios(source, size, spec, goal, settings).ratios
+    search_s = time.perf_counter() - t0
+    log(f"{method}: pruning {len(ratios)} layers of {cfg.model} towards {goal or before.macs_conv_linear:,} MACs "
+        f"({search_s:.1f} s to find the ratios)")
+
+    report: dict[str, Any] = {
+        "method": method, "recipe": target.recipe, "source": cfg.init_from or f"{cfg.model} (initialisation)",
+        "settings": asdict(settings), "target_macs": goal, "ratios": ratios, "search_s": round(search_s, 2),
+        "before": {"params": before.params, "macs": before.macs, "macs_conv_linear": before.macs_conv_linear},
+        "test_error_pct": {"source": _error(source, test_loader, device) if cfg.init_from else None},
+        "finetune": finetune,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    info = ModelInfo(arch=cfg.model, num_classes=data.num_classes, in_chans=size[0], input_size=size,
+                     model_kwargs=dict(cfg.model_kwargs), mean=data.mean, std=data.std, classes=data.classes,
+                     dataset=data.name, source={"pruned_by": method, "seed": cfg.seed})
+    if spec.soft:
+        # SFP: train (from the source) while zeroing filters every epoch; the engine removes them at the end
+        run_cfg = replace(cfg, method="standard", soft_prune={"ratios": ratios, "round_to": settings.round_to})
+        report["test_error_pct"]["pruned"] = None
+    else:
+        pruned = prune_layers(copy.deepcopy(source), size, spec, ratios, settings)
+        report["test_error_pct"]["pruned"] = _error(pruned, test_loader, device)
+        save_model(pruned.cpu(), out / PRUNED_INIT, replace(info, source={**info.source, "finetuned": False}))
+        run_cfg = replace(cfg, method="standard", init_from=str(out / PRUNED_INIT))
+    write_text(out / PLAN, json.dumps({"report": report, "config": run_cfg.to_dict()}, indent=2) + "\n")
+    if not finetune and not spec.soft:
+        return _write_report(out, report, out / PRUNED_INIT, test_loader, device, log)
+    train(run_cfg, out, overwrite=True, progress=progress, log=log)
+    return _finish_run(out, report, log)
+
+
+def _finish_run(out: Path, report: dict[str, Any], log) -> dict[str, Any]:
+    """Export the trained run's network (without heads) as the pruned model and write the report."""
+    from compact.data import load_data
+    from compact.engine import export_output, open_run
+    from compact.engine.trainer import data_options, resolve_device
+
+    run = open_run(out)
+    net, info = run.network()
+    export_output(net, info, "final", out / PRUNED, overwrite=True)
+    cfg = run.config
+    data = load_data(data_options(cfg))
+    _, test_loader = data.loaders(cfg.batch_size, cfg.seed, cfg.eval_batch_size)
+    return _write_report(out, report, out / PRUNED, test_loader, resolve_device(cfg.device), log)
+
+
+def _write_report(out: Path, report: dict[str, Any], model_path: Path, test_loader, device, log) -> dict[str, Any]:
+    from compact.modelfile import load_model
+
+    model, info = load_model(model_path)
+    after = count(model, info.input_size)
+    b = report["before"]
+    report["after"] = {"params": after.params, "macs": after.macs, "macs_conv_linear": after.macs_conv_linear}
+    report["reduction"] = {k: round(1 - report["after"][k] / b[k], 4) for k in ("params", "macs", "macs_conv_linear")}
+    if report["target_macs"]:
+        report["target_deviation"] = round(after.macs_conv_linear / report["target_macs"] - 1, 4)
+    report["test_error_pct"]["final"] = _error(model, test_loader, device)
+    report["model"] = str(model_path)
+    report["torch_pruning"] = _tp_version()
+    write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
+    log(f"pruned model: {model_path} ({after.params:,} params, {after.macs_conv_linear:,} conv+linear MACs, "
+        f"-{100 * report['reduction']['macs_conv_linear']:.1f}%), test error {report['test_error_pct']['final']:.2f}%")
+    return report
+
+
+def _finish_resumed(out: Path, progress, log) -> dict[str, Any]:
+    from compact.engine import open_run, train
+
+    if not (out / PLAN).is_file():
+        raise CompactError(f"{out} holds no pruning job to resume (no {PLAN})")
+    plan = json.loads((out / PLAN).read_text())
+    cfg = open_run(out).config if (out / "config.yaml").is_file() else None
+    if cfg is None:
+        from compact.engine import TrainConfig
+
+        cfg = TrainConfig.from_dict(plan["config"], str(out / PLAN))
+        train(cfg, out, overwrite=True, progress=progress, log=log)
+    else:
+        train(cfg, out, resume=True, progress=progress, log=log)
+    return _finish_run(out, plan["report"], log)
+
+
+def _tp_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch-pruning")
+
+
+__all__ = ["Target", "prune_job", "resolve_target"]

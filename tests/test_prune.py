@@ -1,0 +1,240 @@
+"""Pruning: published PFEC reductions, MACs targets met on physically smaller models, SFP's exactness, the
+paper importances against hand computation, saved pruned models, the command, and bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from _helpers import needs_fmnist
+from torch import nn
+
+from compact import create_model
+from compact.cli import main
+from compact.errors import CompactError
+from compact.modelfile import ModelInfo, load_model, save_model
+from compact.profile import conv_linear_macs, count, param_count
+from compact.prune import (
+    PRUNERS,
+    PUBLISHED_REDUCTION,
+    FilterNorm,
+    GeometricMedian,
+    PruneSettings,
+    SoftFilterPruning,
+    allocate,
+    parse_macs,
+    pfec_ratios,
+    prunable_layers,
+    prune_layers,
+    search_ratios,
+)
+
+SIZE = (1, 28, 28)
+
+
+def _busy_bn(model: nn.Module, size) -> nn.Module:
+    """Non-trivial BatchNorm parameters and statistics, so that a channel left half-removed would show."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+        model.train()
+        model(torch.randn(8, *size, generator=g))
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch, variant", sorted(PUBLISHED_REDUCTION))
+def test_pfec_recipes_give_the_published_flops_reductions(arch, variant):
+    model = create_model(arch)
+    pruned = prune_layers(copy.deepcopy(model), (3, 32, 32), PRUNERS.get("l1"), pfec_ratios(model, arch, f"pfec-{variant}"),
+                          PruneSettings(round_to=None))
+    before, after = count(model, (3, 32, 32)), count(pruned, (3, 32, 32))
+    reduction = 1 - after.macs_conv_linear / before.macs_conv_linear
+    assert reduction == pytest.approx(PUBLISHED_REDUCTION[(arch, variant)], abs=0.005)
+    # the hook counter and fvcore agree on convolution + linear MACs
+    assert after.macs_conv_linear == conv_linear_macs(pruned, (3, 32, 32))
+
+
+def test_importances_against_hand_computation():
+    import torch_pruning as tp
+
+    from compact.prune.base import dependency_graph_for
+
+    conv = nn.Conv2d(2, 4, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 0.5], [3.0, 0.0], [1.2, -0.9]]).view(4, 2, 1, 1))
+    model = nn.Sequential(conv, nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1))
+    group = dependency_graph_for(model, (2, 4, 4)).get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0, 1, 2, 3])
+    # only the pruned convolution's own filters count (not the BatchNorm, not the next layer's inputs)
+    assert FilterNorm(p=1)(group).tolist() == pytest.approx([2.0, 1.0, 3.0, 2.1])
+    assert FilterNorm(p=2)(group).tolist() == pytest.approx([2**0.5, 0.5**0.5, 3.0, 1.5])
+    filters = conv.weight.detach().view(4, 2)
+    by_hand = [sum(float((filters[i] - filters[j]).norm()) for j in range(4)) for i in range(4)]
+    assert GeometricMedian()(group).tolist() == pytest.approx(by_hand)
+
+    # pruning half of the layer removes the lowest-ranked filters: the smallest L1 norms ([.5, .5], [1, -1]),
+    # or the filters nearest the geometric median ([1.2, -.9] and [1, -1]: distance sums 3.80 and 4.04)
+    for method, removed in (("l1", [1, 0]), ("fpgm", [3, 0])):
+        pruned = prune_layers(copy.deepcopy(model), (2, 4, 4), PRUNERS.get(method), {"0": 0.5},
+                              PruneSettings(round_to=None), interactive=True)
+        assert sorted(pruned[0][0].idxs) == sorted(removed), method
+
+
+@pytest.mark.parametrize("method", ["l1", "fpgm", "sfp"])
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_each_method_hits_the_macs_target_on_a_smaller_model(method, allocation):
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", in_chans=1, shortcut="B")
+    full = conv_linear_macs(model, SIZE)
+    settings = PruneSettings(allocation=allocation)
+    result = search_ratios(model, SIZE, PRUNERS.get(method), full // 2, settings)
+    pruned = prune_layers(copy.deepcopy(model), SIZE, PRUNERS.get(method), result.ratios, settings)
+    measured = count(pruned, SIZE).macs_conv_linear
+    assert measured == result.macs and abs(measured / (full // 2) - 1) <= 0.03
+    assert param_count(pruned) < 0.7 * param_count(model)
+    assert pruned(torch.randn(2, *SIZE)).shape == (2, 10)
+    assert pruned.fc.out_features == 10  # the classifier is never pruned
+    widths = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths)  # --round-to 8
+
+
+def test_option_a_shortcuts_prune_only_the_first_conv_of_each_block():
+    model = create_model("cifar_resnet20", in_chans=1)
+    layers = prunable_layers(model, SIZE, PRUNERS.get("l1"))
+    assert list(layers) == [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_sfp_removes_exactly_the_zeroed_filters_and_keeps_the_outputs(shortcut):
+    torch.manual_seed(0)
+    model = _busy_bn(create_model("cifar_resnet20", in_chans=1, shortcut=shortcut), SIZE)
+    soft = SoftFilterPruning(allocate(prunable_layers(model, SIZE, PRUNERS.get("sfp")), 0.5, PruneSettings()), SIZE)
+    norms = model.layer2[1].conv1.weight.detach().flatten(1).norm(dim=1)
+    zeroed = soft.zero(model)["layer2.1.conv1"]
+    conv = model.layer2[1].conv1
+    kept = [i for i in range(conv.out_channels) if i not in zeroed]
+    assert len(zeroed) == 16 and conv.weight[zeroed].abs().sum() == 0
+    assert norms[zeroed].max() <= norms[kept].min()  # SFP zeroes the lowest L2 norms
+    x = torch.randn(4, *SIZE)
+    with torch.no_grad():
+        expected = model(x)
+    survivors = conv.weight.detach()[kept].clone()
+    soft.finalize(model)
+    if shortcut == "A":  # only block-internal channels go: the survivors are exactly the filters not zeroed
+        assert torch.equal(model.layer2[1].conv1.weight.detach(), survivors)
+    assert model.layer2[1].conv1.out_channels == 16
+    with torch.no_grad():
+        got = model(x)
+    assert ((got - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "name", ["timm:resnet18", "timm:mobilenetv3_small_100", "torchvision:mobilenet_v2", "torchvision:resnet18"]
+)
+def test_timm_and_torchvision_models_prune_save_and_reload(name, tmp_path):
+    size = (3, 32, 32)
+    torch.manual_seed(0)
+    model = _busy_bn(create_model(name), size)
+    full = conv_linear_macs(model, size)
+    settings = PruneSettings()
+    result = search_ratios(model, size, PRUNERS.get("l1"), full // 2, settings)
+    pruned = prune_layers(copy.deepcopy(model), size, PRUNERS.get("l1"), result.ratios, settings).eval()
+    assert abs(conv_linear_macs(pruned, size) / (full // 2) - 1) <= 0.03
+    save_model(pruned, tmp_path / "p.safetensors", ModelInfo(name, 10, 3, list(size)))
+    back, info = load_model(tmp_path / "p.safetensors")
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        assert torch.allclose(back(x), pruned(x), atol=1e-5, rtol=1e-4)
+    assert info.attrs and param_count(back) == param_count(pruned) < param_count(model)
+
+
+def test_macs_parsing_and_bad_targets():
+    assert parse_macs("63M") == 63_000_000 and parse_macs("1.5G") == 1_500_000_000 and parse_macs("500k") == 500_000
+    with pytest.raises(CompactError, match="cannot read '63 apples'"):
+        parse_macs("63 apples")
+    model = create_model("cifar_resnet20", in_chans=1)
+    full = conv_linear_macs(model, SIZE)
+    with pytest.raises(CompactError, match="not below the model's"):
+        search_ratios(model, SIZE, PRUNERS.get("l1"), full + 1, PruneSettings())
+    with pytest.raises(CompactError, match="too small to reach.*residual stream of option-A shortcuts"):
+        search_ratios(model, SIZE, PRUNERS.get("l1"), full // 10, PruneSettings())
+    with pytest.raises(CompactError, match="per-layer cap must be in"):
+        PruneSettings(max_layer_ratio=1.0)
+
+
+def test_untraceable_model_is_named():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3)
+
+        def forward(self, x, mask):
+            return self.conv(x) * mask
+
+    with pytest.raises(CompactError, match="torch-pruning cannot trace TwoInputs: TypeError"):
+        prunable_layers(TwoInputs(), SIZE, PRUNERS.get("l1"))
+
+
+@needs_fmnist
+def test_prune_command_end_to_end(tmp_path, capsys):
+    common = ["--subset", "128", "--test-subset", "64", "--batch-size", "64", "--no-progress"]
+    run = tmp_path / "source"
+    assert main(["train", "--model", "cifar_resnet20", "--exits", "3", "--epochs", "1", *common,
+                 "--out", str(run)]) == 0
+    assert main(["export", str(run), "--exit", "1", "--out", str(tmp_path / "exit1.safetensors")]) == 0
+    out = tmp_path / "pruned"
+    # prune the deep network down to the MACs of its own middle exit, then fine-tune one epoch
+    assert main(["prune", "--method", "fpgm", "--from", str(run), "--match", str(tmp_path / "exit1.safetensors"),
+                 "--epochs", "1", *common, "--out", str(out)]) == 0
+    report = json.loads((out / "prune.json").read_text())
+    exit_macs = conv_linear_macs(load_model(tmp_path / "exit1.safetensors")[0], SIZE)
+    assert report["target_macs"] == exit_macs and abs(report["target_deviation"]) <= 0.03
+    assert report["after"]["macs_conv_linear"] < report["before"]["macs_conv_linear"]
+    assert set(report["test_error_pct"]) == {"source", "pruned", "final"}
+    model, info = load_model(out / "pruned.safetensors")
+    assert info.kind == "full" and param_count(model) == report["after"]["params"]
+
+    # an interrupted job resumes from its run folder and writes the same report again
+    (out / "prune.json").unlink()
+    assert main(["prune", "--method", "fpgm", "--from", str(run), "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "prune.json").read_text())["after"] == report["after"]
+
+    capsys.readouterr()
+    assert main(["prune", "--method", "fpgm", "--from", str(run), "--macs-ratio", "0.5", "--out", str(out)]) == 2
+    assert "holds a pruning job" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "taylor", "--macs-ratio", "0.5"], "unknown pruning method 'taylor'; valid pruning methods: fpgm, l1, sfp"),
+        (["--method", "l1", "--macs-ratio", "1.5"], "must be in (0, 1)"),
+        (["--method", "l1", "--macs-ratio", "0.5", "--target-macs", "3M"], "exactly one target"),
+        (["--method", "sfp", "--macs-ratio", "0.5", "--allocation", "global"], "sfp prunes every layer at the same rate"),
+        (["--method", "fpgm", "--recipe", "pfec-b"], "L1-norm (PFEC) recipes"),
+    ],
+)
+def test_prune_bad_input(extra, message, tmp_path, capsys):
+    argv = ["prune", "--model", "cifar_resnet20", *extra, "--out", str(tmp_path / "p")]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+@needs_fmnist
+def test_sfp_command_trains_from_scratch_and_ends_physically_pruned(tmp_path):
+    out = tmp_path / "sfp"
+    argv = ["prune", "--method", "sfp", "--model", "cifar_resnet20", "--macs-ratio", "0.6", "--epochs", "2",
+            "--subset", "128", "--test-subset", "64", "--batch-size", "64", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "prune.json").read_text())
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # the last evaluation ran on the soft-pruned network; the physically pruned one scores the same
+    assert report["test_error_pct"]["final"] == pytest.approx(history[-1]["test_error_pct"][-1])
+    assert abs(report["target_deviation"]) <= 0.03
+    model, _ = load_model(out / "pruned.safetensors")
+    assert param_count(model) == report["after"]["params"] < report["before"]["params"]
