@@ -1,0 +1,160 @@
+"""Profiling: MACs and parameters against hand computation and published counts, the skipped-operator list,
+ONNX export + checker + parity for every kind of model compact makes, interleaved timing, the command."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from compact import attach_exits, create_model
+from compact.cli import main
+from compact.engine import export_output
+from compact.errors import CompactError
+from compact.exits.standalone import extract_exit
+from compact.modelfile import ModelInfo, save_model
+from compact.profile import conv_linear_macs, count, time_interleaved
+from compact.profile.onnx_export import export_onnx, ort_session, parity
+from compact.prune import PRUNERS, PruneSettings, prune_layers
+
+
+class Tiny(nn.Module):
+    """conv 1->4 (3x3, pad 1) -> BN -> ReLU, a residual add, global pooling, linear 4->3."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        h = h + self.conv2(h)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_tiny_net_counts_by_hand():
+    c = count(Tiny(), (1, 5, 5))
+    conv = 5 * 5 * 4 * (1 * 3 * 3)  # output elements x (in/groups * kh * kw)
+    conv2 = 5 * 5 * 4 * 4
+    linear = 4 * 3
+    assert c.macs_conv_linear == conv + conv2 + linear == conv_linear_macs(Tiny(), (1, 5, 5))
+    assert c.params == 36 + 8 + (16 + 4) + (12 + 3)
+    assert c.macs >= c.macs_conv_linear  # fvcore's total adds the normalisation it counts
+    assert "aten::add" in c.skipped_ops  # the residual addition is not counted, and says so
+
+
+@pytest.mark.parametrize("arch, macs, params", [("cifar_resnet56", 125.5e6, 0.85e6), ("cifar_resnet110", 252.9e6, 1.73e6)])
+def test_published_resnet_counts(arch, macs, params):
+    c = count(create_model(arch), (3, 32, 32))
+    assert c.macs_conv_linear == pytest.approx(macs, rel=0.01)
+    assert c.params == pytest.approx(params, rel=0.01)
+    assert set(c.skipped_ops) == {"aten::add", "aten::pad"}  # shortcut additions and option-A padding
+
+
+def _exit_model():
+    torch.manual_seed(0)
+    net = attach_exits(create_model("cifar_resnet20", in_chans=1), 3, input_size=(1, 28, 28)).eval()
+    return extract_exit(net, 1)
+
+
+def _pruned():
+    model = create_model("cifar_resnet20", shortcut="B").eval()
+    return prune_layers(model, (3, 32, 32), PRUNERS.get("fpgm"), {"layer2.0.conv1": 0.5, "layer3.1.conv1": 0.25},
+                        PruneSettings(round_to=None))
+
+
+@pytest.mark.parametrize(
+    "make, size",
+    [
+        (lambda: create_model("cifar_resnet20"), (3, 32, 32)),
+        (_exit_model, (1, 28, 28)),
+        (_pruned, (3, 32, 32)),
+        (lambda: create_model("timm:resnet18"), (3, 32, 32)),
+        (lambda: create_model("torchvision:mobilenet_v2"), (3, 32, 32)),
+    ],
+    ids=["cifar_resnet20", "exported-exit", "pruned", "timm-resnet18", "torchvision-mobilenet_v2"],
+)
+def test_onnx_export_checker_and_parity(make, size, tmp_path):
+    model = make().eval()
+    path = export_onnx(model, size, tmp_path / "m.onnx")
+    session = ort_session(path, threads=1)
+    assert parity(model, session, size, batch=3) < 1e-4
+    assert parity(model, session, size, batch=1) < 1e-4  # the batch axis is dynamic
+
+
+def test_onnx_export_failure_names_the_problem(tmp_path):
+    class Inverse(nn.Module):
+        def forward(self, x):
+            return torch.linalg.inv(x[:, 0] + torch.eye(3))
+
+    with pytest.raises(CompactError, match="ONNX cannot export Inverse: .*linalg_inv"):
+        export_onnx(Inverse(), (1, 3, 3), tmp_path / "inv.onnx")
+    assert not (tmp_path / "inv.onnx").exists()
+
+
+def test_interleaved_timing_orders_and_spreads():
+    slow = lambda: time.sleep(0.004)  # noqa: E731
+    fast = lambda: None  # noqa: E731
+    t = time_interleaved({"slow": slow, "fast": fast}, rounds=5, repeats=2, warmup=1)
+    assert t["slow"].median_ms > 3.5 and t["fast"].median_ms < 1
+    assert t["slow"].p10_ms <= t["slow"].median_ms <= t["slow"].p90_ms and len(t["slow"].samples_ms) == 5
+
+
+def test_profile_command_writes_json_next_to_the_model(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = attach_exits(create_model("cifar_resnet20", in_chans=1), 3, input_size=(1, 28, 28)).eval()
+    info = ModelInfo("cifar_resnet20", 10, 1, [1, 28, 28], kind="multi-exit", exit_nodes=net.exit_nodes,
+                     head=net.head_type)
+    save_model(net, tmp_path / "net.safetensors", info)
+    export_output(net, info, 0, tmp_path / "exit0.safetensors")
+    argv = ["profile", str(tmp_path / "exit0.safetensors"), str(tmp_path / "net.safetensors"), "--onnx",
+            "--batch", "1,2", "--rounds", "2", "--repeats", "1", "--json", str(tmp_path / "all.json")]
+    assert main(argv) == 0
+    prof = json.loads((tmp_path / "exit0.profile.json").read_text())
+    for key in ("params", "macs", "macs_conv_linear", "skipped_ops", "onnx", "latency_ms", "settings"):
+        assert key in prof
+    assert prof["onnx"]["parity_max_abs"] < 1e-4
+    assert set(prof["latency_ms"]) == {"onnxruntime", "pytorch"} and set(prof["latency_ms"]["pytorch"]) == {"1", "2"}
+    assert prof["params"] == net.output_param_counts()[0]
+    full = json.loads((tmp_path / "net.profile.json").read_text())  # a multi-exit file: its final output
+    assert full["params"] == net.output_param_counts()[-1] and full["output"] == 2
+    assert len(json.loads((tmp_path / "all.json").read_text())) == 2
+    out = capsys.readouterr().out
+    assert "exit0.safetensors" in out and "ORT_ENABLE_ALL" in out
+
+    assert main(["profile", str(tmp_path / "net.safetensors"), "--exit", "1", "--no-latency"]) == 0
+    assert json.loads((tmp_path / "net-exit1.profile.json").read_text())["params"] == net.output_param_counts()[1]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch", "0"], "batch sizes must be > 0"),
+        (["--exit", "7"], "output index 7 does not exist"),
+    ],
+)
+def test_profile_bad_input(argv, message, tmp_path, capsys):
+    net = attach_exits(create_model("cifar_resnet20", in_chans=1), 2, input_size=(1, 28, 28)).eval()
+    save_model(net, tmp_path / "net.safetensors",
+               ModelInfo("cifar_resnet20", 10, 1, [1, 28, 28], kind="multi-exit", exit_nodes=net.exit_nodes,
+                         head=net.head_type))
+    assert main(["profile", str(tmp_path / "net.safetensors"), *argv, "--no-store"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_profile_refuses_non_models_and_missing_onnxruntime(tmp_path, capsys, monkeypatch):
+    (tmp_path / "notes.safetensors").write_text("not a model")
+    assert main(["profile", str(tmp_path / "notes.safetensors")]) == 2
+    assert "not a readable compact model file" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if it were not installed
+    model = copy.deepcopy(create_model("cifar_resnet20")).eval()
+    path = export_onnx(model, (3, 32, 32), tmp_path / "m.onnx")
+    with pytest.raises(CompactError, match="onnxruntime is not installed"):
+        ort_session(path)
