@@ -2,7 +2,8 @@
 
 Each subcommand has an ``_add_<name>`` function that declares its arguments and a ``_cmd_<name>``
 function that calls the library; the modules of this package group them (``inspect``: what compact offers;
-``train``: training, evaluation, export; ``probe``: heads on a frozen trunk; ``prune``: pruning baselines; ``profile``: counts and latency). Errors of the user's input (:class:`CompactError`) print one line and
+``train``: training, evaluation, export; ``probe``: heads on a frozen trunk; ``prune``: pruning baselines; ``profile``: counts and latency;
+``recipes``: comparison runs and reports). Errors of the user's input (:class:`CompactError`) print one line and
 exit with status 2.
 """
 
@@ -13,12 +14,13 @@ import sys
 from collections.abc import Sequence
 
 from compact._version import __version__
-from compact.cli import inspect, probe, profile, prune, train
+from compact.cli import inspect, probe, profile, prune, recipes, train
 from compact.cli._common import add_model_args, build_net
 from compact.errors import CompactError
 
 #: subcommand name -> (function adding its parser, function running it), in help order
-COMMANDS = {**inspect.COMMANDS, **train.COMMANDS, **probe.COMMANDS, **prune.COMMANDS, **profile.COMMANDS}
+COMMANDS = {**inspect.COMMANDS, **train.COMMANDS, **probe.COMMANDS, **prune.COMMANDS, **profile.COMMANDS,
+            **recipes.COMMANDS}
 
 
 def get_parser() -> argparse.ArgumentParser:

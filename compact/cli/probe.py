@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from compact.cli._common import _int_list, _str_list
 from compact.cli.train import S, _load_target, _print_outputs, add_data_args, add_schedule_args
+from compact.engine.probe import PROBE_EPOCHS, probe_config
 from compact.errors import CompactError
-
-#: the paper does not give the schedule of its probe heads; heads on frozen features converge quickly
-PROBE_EPOCHS = 40
-#: what a probe run takes over from the trained run it probes
-INHERITED = ("model", "model_kwargs", "num_classes", "head", "data", "data_dir", "subset", "test_subset",
-             "image_size", "workers", "seed", "batch_size", "eval_batch_size", "device")
 
 
 def _add_probe(sub) -> None:
@@ -38,27 +32,6 @@ def _add_probe(sub) -> None:
     add_schedule_args(p, epochs_default=PROBE_EPOCHS)
 
 
-def probe_config(source: Path, cli: dict[str, Any]):
-    """The configuration of a probe run on ``source``: model and data from the source, heads and schedule
-    from ``cli``."""
-    from compact.engine import TrainConfig, open_run
-    from compact.modelfile import read_info
-
-    if source.is_dir():
-        stored = open_run(source).config.to_dict()
-        base = {k: stored[k] for k in INHERITED}
-    else:
-        info = read_info(source)
-        if info.kind == "exit":
-            raise CompactError(f"{source} is a single exit; probing needs the whole trained network")
-        base = {"model": info.arch, "model_kwargs": info.model_kwargs, "num_classes": info.num_classes,
-                "data": info.dataset or "fashion-mnist", "seed": int(info.source.get("seed", 0))}
-        if info.head:
-            base["head"] = info.head
-    values = {**base, "epochs": PROBE_EPOCHS, **cli, "method": "probe", "init_from": str(source)}
-    return TrainConfig.from_dict(values, "options")
-
-
 def _cmd_probe(args) -> int:
     from compact.engine import TrainConfig, train
 
@@ -78,7 +51,7 @@ def _cmd_probe(args) -> int:
     out = Path(args.out) if args.out else (source / "probe" if source.is_dir() else None)
     if out is None:
         raise CompactError("probing a model file needs --out RUN")
-    cfg = probe_config(source, cli)
+    cfg = probe_config(source, cli)  # model and data from the source, heads and schedule from the options
     summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
     _print_outputs(summary["outputs"])
     print(f"probe run: {out}")

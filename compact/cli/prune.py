@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 from compact.cli.train import S, _config_values, _key_value, add_data_args, add_schedule_args
-from compact.errors import CompactError
-
-#: PFEC's retraining of pruned CIFAR ResNets: 40 epochs at a constant learning rate of 0.001
-FINETUNE = {"epochs": 40, "lr": 0.001, "lr_milestones": []}
+from compact.errors import CompactError  # noqa: F401  (errors surface through main)
 
 
 def _add_prune(sub) -> None:
@@ -42,10 +37,8 @@ def _add_prune(sub) -> None:
 
 
 def _cmd_prune(args) -> int:
-    from compact.engine import TrainConfig, open_run
-    from compact.modelfile import read_info
     from compact.prune import PRUNERS, PruneSettings
-    from compact.prune.job import Target, prune_job
+    from compact.prune.job import Target, prune_config, prune_job
 
     method = PRUNERS.get(args.method)  # unknown methods list the valid ones
     target = None
@@ -55,24 +48,8 @@ def _cmd_prune(args) -> int:
                              round_to=None if args.round_to == 1 else args.round_to)
     cli = _config_values(args)
     cli.pop("method", None)
-    cli.pop("model", None)  # --model is the source here, handled below
-    base: dict = {} if method.soft else dict(FINETUNE)
-    if args.source:
-        path = Path(args.source)
-        if path.is_dir():
-            stored = open_run(path).config.to_dict()
-            base.update({k: stored[k] for k in ("model", "model_kwargs", "num_classes", "data", "data_dir", "subset",
-                                                "test_subset", "image_size", "seed", "batch_size", "eval_batch_size")})
-        elif path.is_file():
-            info = read_info(path)
-            base.update(model=info.arch, model_kwargs=info.model_kwargs, num_classes=info.num_classes,
-                        data=info.dataset or "fashion-mnist", seed=int(info.source.get("seed", 0)))
-        else:
-            raise CompactError(f"--from {args.source} does not exist")
-        base["init_from"] = str(path)
-    else:
-        base["model"] = args.model
-    cfg = TrainConfig.from_dict({**base, **cli, "method": "standard"}, "options")
+    cli.pop("model", None)  # --model is the source here, given separately
+    cfg = prune_config(method.soft, args.source, args.model, cli)
     prune_job(args.method, cfg, target, settings, args.out, finetune=not args.no_finetune, resume=args.resume,
               overwrite=args.overwrite, progress=args.progress)
     return 0

@@ -27,6 +27,38 @@ from compact.prune.base import PRUNERS, PruneSettings, parse_macs, prunable_laye
 from compact.prune.pfec import pfec_ratios
 
 PLAN, REPORT, PRUNED_INIT, PRUNED = "plan.json", "prune.json", "pruned-init.safetensors", "pruned.safetensors"
+#: PFEC's retraining of pruned CIFAR ResNets (the default fine-tuning of l1 / fpgm): 40 epochs, lr 0.001
+FINETUNE = {"epochs": 40, "lr": 0.001, "lr_milestones": []}
+#: what the fine-tuning takes over from a trained source run
+INHERITED = ("model", "model_kwargs", "num_classes", "data", "data_dir", "subset", "test_subset", "image_size",
+             "seed", "batch_size", "eval_batch_size")
+
+
+def prune_config(soft: bool, source: str | Path | None, model: str | None, overrides: dict[str, Any]):
+    """The training configuration of a pruning job: the source's model and data (``source``: a run or model
+    file) or a model name trained from initialisation, PFEC's fine-tuning schedule (SFP: the paper's
+    training schedule), then ``overrides``."""
+    from compact.engine import TrainConfig, open_run
+    from compact.modelfile import read_info
+
+    base: dict[str, Any] = {} if soft else dict(FINETUNE)
+    if source is not None:
+        path = Path(source)
+        if path.is_dir():
+            stored = open_run(path).config.to_dict()
+            base.update({k: stored[k] for k in INHERITED})
+        elif path.is_file():
+            info = read_info(path)
+            base.update(model=info.arch, model_kwargs=info.model_kwargs, num_classes=info.num_classes,
+                        data=info.dataset or "fashion-mnist", seed=int(info.source.get("seed", 0)))
+        else:
+            raise CompactError(f"--from {source} does not exist")
+        base["init_from"] = str(path)
+    elif model:
+        base["model"] = model
+    else:
+        raise CompactError("a pruning job needs a source (--from RUN_OR_FILE) or a model name (--model)")
+    return TrainConfig.from_dict({**base, **overrides, "method": "standard"}, "options")
 
 
 @dataclass
@@ -217,4 +249,4 @@ def _tp_version() -> str:
     return version("torch-pruning")
 
 
-__all__ = ["Target", "prune_job", "resolve_target"]
+__all__ = ["FINETUNE", "Target", "prune_config", "prune_job", "resolve_target"]

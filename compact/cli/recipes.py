@@ -1,0 +1,53 @@
+"""`compact run RECIPE` and `compact report DIR`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from compact.errors import CompactError
+
+
+def _add_run(sub) -> None:
+    text = "run a comparison recipe: train, probe, prune, fine-tune and profile every entry (resumable)"
+    p = sub.add_parser("run", help=text, description=text)
+    p.add_argument("recipe", help="a recipe file, e.g. baselines/demo.yaml")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<recipe name>)")
+    p.add_argument("--smoke", action="store_true", help="a few batches per entry, to check that the recipe runs")
+    p.add_argument("--data", default=None, help="override the recipe's dataset (e.g. imagefolder:PATH)")
+    p.add_argument("--data-dir", default=None, help="override where the dataset files are")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+
+def _cmd_run(args) -> int:
+    from compact.recipes import RunSettings, load_recipe, run_recipe
+
+    recipe = load_recipe(args.recipe)
+    out = Path(args.out or Path("runs") / recipe.name)
+    settings = RunSettings(smoke=args.smoke, data=args.data, data_dir=args.data_dir, progress=args.progress)
+    run_recipe(recipe, out, settings, log=lambda m: print(m, flush=True))
+    print(f"all entries of {recipe.name} are done in {out}; make the report with: compact report {out}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    text = "tables (Markdown, CSV, JSON) and Pareto plots (PNG, SVG) from a recipe run's stored results"
+    p = sub.add_parser("report", help=text, description=text + ". Nothing is re-measured.")
+    p.add_argument("run", metavar="DIR", help="the output folder of compact run")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write the report (default DIR/report)")
+    p.add_argument("--partial", action="store_true", help="report a run whose entries are not all done (marked)")
+
+
+def _cmd_report(args) -> int:
+    from compact.report import make_report
+
+    run = Path(args.run)
+    if not (run / "recipe.json").is_file():
+        raise CompactError(f"{run} is not the output folder of compact run (no recipe.json)")
+    result = make_report(run, Path(args.out) if args.out else run / "report", partial=args.partial)
+    print(result["markdown"])
+    print(f"report written to {result['dir']}: " + ", ".join(sorted(result["files"])))
+    return 0
+
+
+COMMANDS = {"run": (_add_run, _cmd_run), "report": (_add_report, _cmd_report)}

@@ -1,0 +1,212 @@
+"""`compact run`: every entry of a recipe, for every seed, into one output folder, resumable.
+
+Layout of the output folder::
+
+    recipe.json                      the recipe and the run's settings (smoke, overrides)
+    <entry>/seed<s>/                 a run folder (train, probe) or a pruning job folder (prune)
+    <entry>/seed<s>/exports/output<k>.safetensors (+ .profile.json)   every output of a trained network
+    <entry>/seed<s>/pruned.profile.json                               the profile of a pruned model
+    <entry>/seed<s>/done.json        written when the entry's training is finished: skipped next time
+
+An entry that stopped half-way (a killed run) is resumed from its checkpoint. When every entry is done,
+all models not yet profiled are profiled in one session, their latencies measured interleaved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compact._atomic import write_text
+from compact.errors import CompactError
+from compact.recipes.schema import Entry, Recipe
+
+SMOKE = {"subset": 32, "test_subset": 32, "batch_size": 16, "eval_batch_size": 32, "epochs": 1, "image_size": 32}
+SMOKE_PROFILE = {"batches": [1, 2], "rounds": 1, "repeats": 1}
+DONE = "done.json"
+
+
+@dataclass
+class RunSettings:
+    smoke: bool = False
+    data: str | None = None
+    data_dir: str | None = None
+    progress: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"smoke": self.smoke, "data": self.data, "data_dir": self.data_dir}
+
+
+def entry_dir(out: Path, entry: str, seed: int) -> Path:
+    return out / entry / f"seed{seed}"
+
+
+def _data_config(recipe: Recipe, settings: RunSettings) -> dict[str, Any]:
+    data = dict(recipe.data)
+    cfg = {"data": settings.data or data.pop("name", "fashion-mnist")}
+    data.pop("name", None)
+    cfg.update(data)
+    if settings.data_dir:
+        cfg["data_dir"] = settings.data_dir
+    if settings.smoke:
+        cfg.update({k: SMOKE[k] for k in ("subset", "test_subset", "image_size")})
+    return cfg
+
+
+def _schedule(recipe: Recipe, settings: RunSettings, seed: int, spec: dict[str, Any]) -> dict[str, Any]:
+    values = {**recipe.train_defaults, **_data_config(recipe, settings), **spec, "seed": seed}
+    if settings.smoke:
+        values.update({k: SMOKE[k] for k in ("batch_size", "eval_batch_size", "epochs")})
+    return values
+
+
+def check_output(out: Path, recipe: Recipe, settings: RunSettings) -> None:
+    """Refuse an output folder that holds a run of another recipe (or of other settings)."""
+    stamp = {"recipe": recipe.source, "settings": settings.to_dict()}
+    path = out / "recipe.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored != json.loads(json.dumps(stamp)):
+            name = stored.get("recipe", {}).get("name", "?")
+            raise CompactError(
+                f"{out} holds a run of recipe {name!r} with other contents or settings; use another --out"
+            )
+    else:
+        write_text(path, json.dumps(stamp, indent=2) + "\n")
+
+
+def run_recipe(
+    recipe: Recipe, out: str | Path, settings: RunSettings | None = None, log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """Run (or continue) every entry for every seed; returns one status record per entry and seed."""
+    settings = settings or RunSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, recipe, settings)
+    order = recipe.ordered()
+    jobs = [(seed, e) for seed in recipe.seeds for e in order]
+    statuses = []
+    for n, (seed, entry) in enumerate(jobs, 1):
+        folder = entry_dir(out, entry.name, seed)
+        head = f"[{n}/{len(jobs)}] seed {seed} · {entry.name} ({entry.kind})"
+        if (folder / DONE).is_file():
+            log(f"{head}: done before, skipped")
+            statuses.append(json.loads((folder / DONE).read_text()))
+            continue
+        log(f"{head} ...")
+        t0 = time.perf_counter()
+        runner = {"train": _train, "probe": _probe, "prune": _prune}[entry.kind]
+        runner(recipe, entry, seed, out, settings, log)
+        status = {"entry": entry.name, "kind": entry.kind, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+                  "smoke": settings.smoke}
+        write_text(folder / DONE, json.dumps(status, indent=2) + "\n")
+        statuses.append(status)
+        log(f"{head}: finished in {status['seconds']:.0f} s")
+    files = model_files(out, recipe)
+    todo = [f for f in files if not f.with_name(f.name.removesuffix(".safetensors") + ".profile.json").is_file()]
+    if todo:
+        log(f"profiling {len(todo)} models in one interleaved session ...")
+        _profile(recipe, todo, settings)
+    return statuses
+
+
+def _export_all(folder: Path) -> None:
+    from compact.engine import export_output, open_run
+
+    net, info = open_run(folder).network()
+    for k in range(net.num_outputs):
+        export_output(net, info, k, folder / "exports" / f"output{k}.safetensors", overwrite=True)
+
+
+def _train(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> None:
+    from compact.engine import TrainConfig, train
+
+    folder = entry_dir(out, entry.name, seed)
+    cfg = TrainConfig.from_dict(_schedule(recipe, settings, seed, entry.spec), f"entry {entry.name}")
+    train(cfg, folder, resume=(folder / "config.yaml").is_file(), progress=settings.progress, log=log)
+    _export_all(folder)
+
+
+def _probe(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> None:
+    from compact.engine import open_run, train
+    from compact.engine.probe import probe_config
+
+    spec = dict(entry.spec)
+    source = entry_dir(out, spec.pop("of"), seed)
+    like = spec.pop("exits_like", None)
+    if like:
+        _, info = open_run(entry_dir(out, like, seed)).network()
+        spec["exit_nodes"] = list(info.exit_nodes)
+    if settings.smoke:
+        spec["epochs"] = SMOKE["epochs"]
+    folder = entry_dir(out, entry.name, seed)
+    cfg = probe_config(source, spec)
+    train(cfg, folder, resume=(folder / "config.yaml").is_file(), progress=settings.progress, log=log)
+    _export_all(folder)
+
+
+def _match_file(out: Path, recipe: Recipe, ref: str, seed: int) -> Path:
+    name, _, which = ref.partition(":")
+    folder = entry_dir(out, name, seed)
+    if recipe.entry(name).kind == "prune":
+        return folder / "pruned.safetensors"
+    files = sorted((folder / "exports").glob("output*.safetensors"), key=lambda p: int(p.stem[6:]))
+    if not files:
+        raise CompactError(f"entry {name} (seed {seed}) has no exported outputs to match")
+    if which in ("", "final"):
+        return files[-1]
+    try:
+        return files[int(which)]
+    except (ValueError, IndexError):
+        raise CompactError(f"match {ref!r}: {name} has outputs 0..{len(files) - 1} or 'final'") from None
+
+
+def _prune(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> None:
+    from compact.prune import PRUNERS, PruneSettings
+    from compact.prune.job import Target, prune_config, prune_job
+
+    spec = dict(entry.spec)
+    method = PRUNERS.get(spec["method"])
+    folder = entry_dir(out, entry.name, seed)
+    source = entry_dir(out, spec["from"], seed)
+    overrides = {**_data_config(recipe, settings), **dict(spec.get("finetune") or {})}
+    if settings.smoke:
+        overrides.update({k: SMOKE[k] for k in ("batch_size", "eval_batch_size", "epochs")})
+    cfg = prune_config(method.soft, source, None, overrides)
+    target = Target(
+        macs=spec.get("target_macs"), ratio=spec.get("macs_ratio"), recipe=spec.get("recipe"),
+        match=str(_match_file(out, recipe, spec["match"], seed)) if spec.get("match") else None,
+    )
+    prune_settings = PruneSettings(allocation=spec.get("allocation", "uniform"),
+                                   max_layer_ratio=spec.get("max_layer_ratio", 0.9), round_to=spec.get("round_to", 8))
+    resume = (folder / "plan.json").is_file()
+    prune_job(spec["method"], cfg, target, prune_settings, folder, resume=resume, overwrite=not resume,
+              progress=settings.progress, log=log)
+
+
+def model_files(out: Path, recipe: Recipe) -> list[Path]:
+    """Every model the run produced: each output of trained and probed networks, each pruned model."""
+    files = []
+    for seed in recipe.seeds:
+        for entry in recipe.entries:
+            folder = entry_dir(out, entry.name, seed)
+            if entry.kind == "prune":
+                files.append(folder / "pruned.safetensors")
+            else:
+                files += sorted((folder / "exports").glob("output*.safetensors"), key=lambda p: int(p.stem[6:]))
+    return [f for f in files if f.is_file()]
+
+
+def _profile(recipe: Recipe, files: list[Path], settings: RunSettings) -> None:
+    from compact.profile.profiler import load_target, profile_models, write_profile
+
+    prof = {**recipe.profile, **(SMOKE_PROFILE if settings.smoke else {})}
+    targets = [load_target(f) for f in files]
+    profiles = profile_models(targets, onnx=prof["onnx"], batches=prof["batches"], threads=prof["threads"],
+                              rounds=prof["rounds"], repeats=prof["repeats"])
+    for t, p in zip(targets, profiles):
+        write_profile(p, t.profile_path)
