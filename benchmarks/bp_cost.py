@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import multiprocessing as mp
+import statistics
 import time
 
 import torch
@@ -52,7 +52,7 @@ def floor_probe(net, x, y, device):
     sync(device)
     t0 = time.perf_counter()
     feats = net._extractor("all")(x)
-    outs = [h(feats[n]) for h, n in zip(net.heads, net.exit_nodes)] + [feats[net.final_node]]
+    outs = [h(feats[n]) for h, n in zip(net.heads, net.exit_nodes, strict=True)] + [feats[net.final_node]]
     sync(device)
     t_fwd = time.perf_counter() - t0
     loss = crit(outs[-1], y)
@@ -126,7 +126,7 @@ def main() -> None:
     times = {name: [] for name in ORDER}
     probes = []
     for r in range(args.warmup + args.rounds):
-        order = ORDER[r % len(ORDER):] + ORDER[: r % len(ORDER)]
+        order = ORDER[r % len(ORDER) :] + ORDER[: r % len(ORDER)]
         for name in order:
             sync(dev)
             t0 = time.perf_counter()
@@ -148,24 +148,34 @@ def main() -> None:
     ratio = {n: ms[n] / ms["standard"] for n in ORDER}
     mem = {} if args.no_memory else {n: peak_memory_mb(n, args.batch, dev, args.outputs) for n in ORDER}
 
-    print(f"\ncifar_resnet56, {args.outputs} losses, batch {args.batch}, device {dev}, "
-          f"threads {torch.get_num_threads()}, malloc tuning {'on' if tuned else 'off'}, "
-          f"{args.rounds} timed rounds (median, min-max)")
+    print(
+        f"\ncifar_resnet56, {args.outputs} losses, batch {args.batch}, device {dev}, "
+        f"threads {torch.get_num_threads()}, malloc tuning {'on' if tuned else 'off'}, "
+        f"{args.rounds} timed rounds (median, min-max)"
+    )
     print(f"{'method':<20}{'ms/iter':>10}{'min-max':>18}{'x standard':>12}{'peak MB':>10}")
     for n in ORDER:
         lo, hi = spread[n]
         m = f"{mem[n]:.0f}" if n in mem else "-"
         print(f"{n:<20}{ms[n]:>10.1f}{f'{lo:.0f}-{hi:.0f}':>18}{ratio[n]:>12.2f}{m:>10}")
-    print(f"shared forward {1000 * t_fwd:.1f} ms, standard backward {1000 * t_bwd:.1f} ms, "
-          f"backward reaches exits after {[round(1000 * r, 1) for r in reach]} ms")
-    print(f"MW-BP floor {floor_ms:.1f} ms ({floor_ms / ms['standard']:.2f}x standard); "
-          f"MW-BP / floor = {ms['mwbp'] / floor_ms:.3f}; paper's estimate (K/2+1) = {(args.outputs - 1) / 2 + 1:.1f}x")
-    print(json.dumps({
-        "ms_per_iter": {n: round(ms[n], 2) for n in ORDER},
-        "ratio_to_standard": {n: round(ratio[n], 3) for n in ORDER},
-        "mwbp_floor_ratio": round(ms["mwbp"] / floor_ms, 3),
-        "peak_mem_mb": {n: round(v, 1) for n, v in mem.items()},
-    }))
+    print(
+        f"shared forward {1000 * t_fwd:.1f} ms, standard backward {1000 * t_bwd:.1f} ms, "
+        f"backward reaches exits after {[round(1000 * r, 1) for r in reach]} ms"
+    )
+    print(
+        f"MW-BP floor {floor_ms:.1f} ms ({floor_ms / ms['standard']:.2f}x standard); "
+        f"MW-BP / floor = {ms['mwbp'] / floor_ms:.3f}; paper's estimate (K/2+1) = {(args.outputs - 1) / 2 + 1:.1f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "ms_per_iter": {n: round(ms[n], 2) for n in ORDER},
+                "ratio_to_standard": {n: round(ratio[n], 3) for n in ORDER},
+                "mwbp_floor_ratio": round(ms["mwbp"] / floor_ms, 3),
+                "peak_mem_mb": {n: round(v, 1) for n, v in mem.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

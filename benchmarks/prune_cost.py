@@ -23,7 +23,7 @@ import time
 import torch
 
 from compact.models import create_model
-from compact.profile import conv_linear_macs, param_count
+from compact.profile import conv_linear_macs
 from compact.profile.profiler import Target, profile_models
 from compact.prune import PRUNERS, PruneSettings, SoftFilterPruning, prune_layers, search_ratios
 
@@ -69,28 +69,46 @@ def main() -> None:
             model, t_search, t_prune = prune(base, method, round_to, allocation)
             cost[name] = {"search_s": round(t_search, 2), "prune_s": round(t_prune, 2)}
             targets.append(Target(name, model, SIZE, None, {}))
-    profiles = profile_models(targets, onnx=True, batches=(1, 64), threads=args.threads, rounds=args.rounds,
-                              repeats=args.repeats, runtimes=("onnxruntime",))
+    profiles = profile_models(
+        targets,
+        onnx=True,
+        batches=(1, 64),
+        threads=args.threads,
+        rounds=args.rounds,
+        repeats=args.repeats,
+        runtimes=("onnxruntime",),
+    )
     full = profiles[0]
-    print(f"cifar_resnet56, 3x32x32, target 50% of {full['macs_conv_linear']:,} conv+linear MACs; "
-          f"ONNX Runtime CPU, {full['settings']['threads']} threads, median (p10-p90) ms of {args.rounds} rounds")
+    print(
+        f"cifar_resnet56, 3x32x32, target 50% of {full['macs_conv_linear']:,} conv+linear MACs; "
+        f"ONNX Runtime CPU, {full['settings']['threads']} threads, median (p10-p90) ms of {args.rounds} rounds"
+    )
     print(f"{'model':<24}{'search s':>9}{'prune s':>8}{'MACs':>13}{'params':>10}{'batch 1 ms':>22}{'batch 64 ms':>24}")
     rows = {}
     for prof in profiles:
         lat = prof["latency_ms"]["onnxruntime"]
         c = cost.get(prof["model"], {"search_s": 0.0, "prune_s": 0.0})
         b1, b64 = lat["1"], lat["64"]
-        print(f"{prof['model']:<24}{c['search_s']:>9.2f}{c['prune_s']:>8.2f}{prof['macs_conv_linear']:>13,}"
-              f"{prof['params']:>10,}{'{median:.3f} ({p10:.3f}-{p90:.3f})'.format(**b1):>22}"
-              f"{'{median:.2f} ({p10:.2f}-{p90:.2f})'.format(**b64):>24}")
-        rows[prof["model"]] = {**c, "macs_conv_linear": prof["macs_conv_linear"], "params": prof["params"],
-                               "ort_ms_b1": b1, "ort_ms_b64": b64}
+        print(
+            f"{prof['model']:<24}{c['search_s']:>9.2f}{c['prune_s']:>8.2f}{prof['macs_conv_linear']:>13,}"
+            f"{prof['params']:>10,}{'{median:.3f} ({p10:.3f}-{p90:.3f})'.format(**b1):>22}"
+            f"{'{median:.2f} ({p10:.2f}-{p90:.2f})'.format(**b64):>24}"
+        )
+        rows[prof["model"]] = {
+            **c,
+            "macs_conv_linear": prof["macs_conv_linear"],
+            "params": prof["params"],
+            "ort_ms_b1": b1,
+            "ort_ms_b64": b64,
+        }
     for name, r in rows.items():
         if name != "unpruned":
             r["speedup_b1"] = round(rows["unpruned"]["ort_ms_b1"]["median"] / r["ort_ms_b1"]["median"], 3)
             r["speedup_b64"] = round(rows["unpruned"]["ort_ms_b64"]["median"] / r["ort_ms_b64"]["median"], 3)
-    print("speed-up over unpruned (batch 1 / 64): " + ", ".join(
-        f"{n} {r['speedup_b1']:.2f}x/{r['speedup_b64']:.2f}x" for n, r in rows.items() if n != "unpruned"))
+    print(
+        "speed-up over unpruned (batch 1 / 64): "
+        + ", ".join(f"{n} {r['speedup_b1']:.2f}x/{r['speedup_b64']:.2f}x" for n, r in rows.items() if n != "unpruned")
+    )
     print(json.dumps(rows))
 
 

@@ -73,8 +73,10 @@ def main() -> None:
         evaluate(methods[name].net, test_loader, device)
         eval_s[name] = (time.perf_counter() - t) * TEST_IMAGES / args.eval_images
 
-    print(f"{args.model}, {args.exits} outputs, Fashion-MNIST 28x28, batch {args.batch}, device {device}, "
-          f"{torch.get_num_threads()} threads; median of {args.rounds} rounds of {args.batches} batches")
+    print(
+        f"{args.model}, {args.exits} outputs, Fashion-MNIST 28x28, batch {args.batch}, device {device}, "
+        f"{torch.get_num_threads()} threads; median of {args.rounds} rounds of {args.batches} batches"
+    )
     print(f"{'method':<10}{'img/s':>8}{'p10-p90 img/s':>16}{'data wait':>11}{'epoch (est.)':>14}")
     figures = {}
     for name in METHODS:
@@ -83,13 +85,20 @@ def main() -> None:
         median = statistics.median(ips)
         epoch = TRAIN_IMAGES / median + eval_s[name]
         p10, p90 = ips[int(0.1 * (len(ips) - 1))], ips[int(round(0.9 * (len(ips) - 1)))]
-        figures[name] = {"images_per_s": round(median, 1), "p10": round(p10, 1), "p90": round(p90, 1),
-                         "data_wait_share": round(wait, 4), "eval_s": round(eval_s[name], 1),
-                         "epoch_estimate_s": round(epoch, 1)}
+        figures[name] = {
+            "images_per_s": round(median, 1),
+            "p10": round(p10, 1),
+            "p90": round(p90, 1),
+            "data_wait_share": round(wait, 4),
+            "eval_s": round(eval_s[name], 1),
+            "epoch_estimate_s": round(epoch, 1),
+        }
         print(f"{name:<10}{median:>8.0f}{f'{p10:.0f}-{p90:.0f}':>16}{100 * wait:>10.1f}%{epoch:>13.0f}s")
     ratio = figures["standard"]["images_per_s"] / figures["mwbp"]["images_per_s"]
     print(f"MW-BP time per image / standard BP: {ratio:.2f}x")
-    figures.update(model=args.model, exits=args.exits, batch=args.batch, device=str(device), mwbp_over_standard=round(ratio, 3))
+    figures.update(
+        model=args.model, exits=args.exits, batch=args.batch, device=str(device), mwbp_over_standard=round(ratio, 3)
+    )
     print(json.dumps(figures))
 
 

@@ -69,8 +69,9 @@ class ModelInfo:
         self.input_size = [int(s) for s in self.input_size]
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "compact_version": __version__,
-                           **asdict(self)})
+        return json.dumps(
+            {"format": FORMAT, "format_version": FORMAT_VERSION, "compact_version": __version__, **asdict(self)}
+        )
 
     @classmethod
     def from_json(cls, text: str, path: Path | str = "<model>") -> ModelInfo:
@@ -219,7 +220,7 @@ def save_model(model: nn.Module, path: str | Path, info: ModelInfo, verify: bool
         model.train(was_training)
         if len(a) != len(b) or any(
             u.shape != v.shape or not torch.allclose(u.float().cpu(), v.float(), rtol=1e-4, atol=1e-5)
-            for u, v in zip(a, b)
+            for u, v in zip(a, b, strict=True)
         ):
             raise CompactError(
                 f"cannot save {type(model).__name__} as a {info.kind} {info.arch}: rebuilding it from its "

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 import yaml
-from _helpers import needs_fmnist
 
 from compact import __version__
 from compact.cli import main
+
+from _helpers import needs_fmnist
 
 
 def test_help_lists_subcommands(capsys):
@@ -86,7 +87,12 @@ def test_train_mwbp_eval_export_from_the_command_line(tmp_path, capsys):
     stored = yaml.safe_load((run / "config.yaml").read_text())
     # YAML sets defaults, the command line overrides them, the paper's values fill the rest
     assert (stored["method"], stored["exits"], stored["lr"], stored["weight_decay"]) == ("mwbp", 3, 0.05, 1e-4)
-    assert (stored["seed"], stored["momentum"], stored["nesterov"], stored["lr_milestones"]) == (3, 0.9, True, [0.4, 0.6])
+    assert (stored["seed"], stored["momentum"], stored["nesterov"], stored["lr_milestones"]) == (
+        3,
+        0.9,
+        True,
+        [0.4, 0.6],
+    )
     capsys.readouterr()
 
     assert main(["eval", str(run), "--test-subset", "32", "--json"]) == 0

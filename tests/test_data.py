@@ -7,12 +7,13 @@ import struct
 
 import pytest
 import torch
-from _helpers import needs_fmnist
 
 from compact.data import ArrayDataset, InMemoryLoader, load_fashion_mnist, random_crop_flip, read_idx
 from compact.data import fashion_mnist as fm
 from compact.errors import CompactError
 
+from _helpers import fake_cifar10_py as _fake_cifar10_py
+from _helpers import needs_fmnist
 
 
 @needs_fmnist
@@ -67,7 +68,7 @@ def test_loader_is_deterministic_per_epoch():
     a, b = mk(), mk()
     a.set_epoch(4)
     b.set_epoch(4)
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert sum(len(y) for _, y in a) == 50 and len(a) == 4
     with pytest.raises(CompactError, match="batch size"):
@@ -75,24 +76,6 @@ def test_loader_is_deterministic_per_epoch():
 
 
 # -- CIFAR (read without running code) and image folders ----------------------------------------------
-def _fake_cifar10_py(root, n=20, seed=0):
-    import pickle
-
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [int(v) for v in rng.integers(0, 10, n)]}
-        batches[name] = batch
-        (folder / name).write_bytes(pickle.dumps(batch))
-    names = {b"label_names": [c.encode() for c in "abcdefghij"]}
-    (folder / "batches.meta").write_bytes(pickle.dumps(names))
-    return batches
-
-
 def test_cifar10_python_layout_is_read_exactly(tmp_path):
     from compact.data import load_cifar
 
@@ -176,7 +159,7 @@ def test_image_folder_dataset(tmp_path):
     batches = list(train)
     assert [len(y) for _, y in batches] == [4, 2] and batches[0][0].shape == (4, 3, 8, 8)
     train.set_epoch(0)
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, train))  # same epoch, same order
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, train, strict=True))  # same epoch, same order
     assert sorted(torch.cat([y for _, y in test]).tolist()) == [0, 0, 0, 1, 1, 1]
 
 

@@ -7,11 +7,12 @@ import dataclasses
 
 import pytest
 import torch
-from _helpers import needs_fmnist
 
 from compact.engine import TrainConfig, TrainingDiverged, load_checkpoint, open_run, train
 from compact.engine import trainer as trainer_module
 from compact.errors import CompactError
+
+from _helpers import needs_fmnist
 
 TINY = dict(model="cifar_resnet20", exits=3, subset=128, test_subset=64, batch_size=32, eval_batch_size=64)
 
@@ -64,11 +65,19 @@ def _check_tensorboard(run, history):
 
 @needs_fmnist
 def test_training_learns_and_writes_the_run_folder(tmp_path):
-    cfg = TrainConfig(**{**TINY, "subset": 768, "test_subset": 500}, method="mwbp", epochs=3, lr=0.05,
-                      lr_milestones=[0.9])
+    cfg = TrainConfig(
+        **{**TINY, "subset": 768, "test_subset": 500}, method="mwbp", epochs=3, lr=0.05, lr_milestones=[0.9]
+    )
     summary = train(cfg, tmp_path / "run", progress=False, log=None)
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "model.safetensors", "summary.json"} <= files
+    assert {
+        "config.yaml",
+        "metrics.jsonl",
+        "metrics.csv",
+        "checkpoint.pt",
+        "model.safetensors",
+        "summary.json",
+    } <= files
     errors = [o["test_error_pct"] for o in summary["outputs"]]
     # chance is 90% on Fashion-MNIST's 10 balanced classes; 72 SGD steps from scratch
     assert max(errors) < 80 and errors[-1] < 55, errors

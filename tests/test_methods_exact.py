@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-import _reference as R
 from compact.exits import LossWeighting, attach_exits
 from compact.methods import SGDConfig, create_method
+
+import _reference as R
 
 LR = 0.2
 SGD_KW = dict(momentum=0.9, nesterov=True, weight_decay=5e-4)

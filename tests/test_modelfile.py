@@ -31,8 +31,18 @@ def _net(arch: str = "cifar_resnet20", outputs: int = 3):
 
 
 def _info(net, kind="multi-exit") -> ModelInfo:
-    return ModelInfo("cifar_resnet20", 10, 1, list(SIZE), kind=kind, exit_nodes=list(net.exit_nodes),
-                     head=net.head_type, dataset="fashion-mnist", mean=[0.286], std=[0.353])
+    return ModelInfo(
+        "cifar_resnet20",
+        10,
+        1,
+        list(SIZE),
+        kind=kind,
+        exit_nodes=list(net.exit_nodes),
+        head=net.head_type,
+        dataset="fashion-mnist",
+        mean=[0.286],
+        std=[0.353],
+    )
 
 
 def test_multi_exit_round_trip_is_exact(tmp_path):
@@ -40,7 +50,7 @@ def test_multi_exit_round_trip_is_exact(tmp_path):
     save_model(net, tmp_path / "m.safetensors", _info(net))
     back, info = load_model(tmp_path / "m.safetensors")
     x = torch.randn(5, *SIZE)
-    assert all(torch.equal(a, b) for a, b in zip(net.forward_exits(x), back.forward_exits(x)))
+    assert all(torch.equal(a, b) for a, b in zip(net.forward_exits(x), back.forward_exits(x), strict=True))
     assert info.params == sum(p.numel() for p in net.parameters()) and info.mean == [0.286]
 
 
@@ -77,8 +87,18 @@ def test_exported_exit_reloads_in_a_fresh_process(tmp_path):
         "with torch.no_grad():\n"
         "    torch.save(model(x), sys.argv[3])\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "exit1.safetensors"), str(tmp_path / "x.pt"),
-                    str(tmp_path / "y.pt")], check=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path / "exit1.safetensors"),
+            str(tmp_path / "x.pt"),
+            str(tmp_path / "y.pt"),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), expected)
 
 

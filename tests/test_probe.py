@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _helpers import needs_fmnist
 
 from compact.cli import main
 from compact.data import find_fashion_mnist, load_data
@@ -13,8 +12,17 @@ from compact.engine import TrainConfig, build_network, open_run, train
 from compact.engine.trainer import data_options
 from compact.errors import CompactError
 
-SOURCE = dict(model="cifar_resnet20", subset=768, test_subset=500, batch_size=32, eval_batch_size=500, lr=0.05,
-              lr_milestones=[0.9])
+from _helpers import needs_fmnist
+
+SOURCE = dict(
+    model="cifar_resnet20",
+    subset=768,
+    test_subset=500,
+    batch_size=32,
+    eval_batch_size=500,
+    lr=0.05,
+    lr_milestones=[0.9],
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +50,7 @@ def test_probe_trains_only_the_heads(trained_standard_run, capsys):
     # the heads did learn: they differ from the heads the same seed builds before training
     data = load_data(data_options(probe.config))
     fresh, _ = build_network(probe.config, data)
-    for head, head0 in zip(probed_net.heads, fresh.heads):
+    for head, head0 in zip(probed_net.heads, fresh.heads, strict=True):
         assert not torch.equal(head.fc.weight, head0.fc.weight)
 
     history = probe.history()

@@ -50,7 +50,9 @@ def test_tiny_net_counts_by_hand():
     assert "aten::add" in c.skipped_ops  # the residual addition is not counted, and says so
 
 
-@pytest.mark.parametrize("arch, macs, params", [("cifar_resnet56", 125.5e6, 0.85e6), ("cifar_resnet110", 252.9e6, 1.73e6)])
+@pytest.mark.parametrize(
+    "arch, macs, params", [("cifar_resnet56", 125.5e6, 0.85e6), ("cifar_resnet110", 252.9e6, 1.73e6)]
+)
 def test_published_resnet_counts(arch, macs, params):
     c = count(create_model(arch), (3, 32, 32))
     assert c.macs_conv_linear == pytest.approx(macs, rel=0.01)
@@ -66,8 +68,13 @@ def _exit_model():
 
 def _pruned():
     model = create_model("cifar_resnet20", shortcut="B").eval()
-    return prune_layers(model, (3, 32, 32), PRUNERS.get("fpgm"), {"layer2.0.conv1": 0.5, "layer3.1.conv1": 0.25},
-                        PruneSettings(round_to=None))
+    return prune_layers(
+        model,
+        (3, 32, 32),
+        PRUNERS.get("fpgm"),
+        {"layer2.0.conv1": 0.5, "layer3.1.conv1": 0.25},
+        PruneSettings(round_to=None),
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,12 +117,25 @@ def test_interleaved_timing_orders_and_spreads():
 def test_profile_command_writes_json_next_to_the_model(tmp_path, capsys):
     torch.manual_seed(0)
     net = attach_exits(create_model("cifar_resnet20", in_chans=1), 3, input_size=(1, 28, 28)).eval()
-    info = ModelInfo("cifar_resnet20", 10, 1, [1, 28, 28], kind="multi-exit", exit_nodes=net.exit_nodes,
-                     head=net.head_type)
+    info = ModelInfo(
+        "cifar_resnet20", 10, 1, [1, 28, 28], kind="multi-exit", exit_nodes=net.exit_nodes, head=net.head_type
+    )
     save_model(net, tmp_path / "net.safetensors", info)
     export_output(net, info, 0, tmp_path / "exit0.safetensors")
-    argv = ["profile", str(tmp_path / "exit0.safetensors"), str(tmp_path / "net.safetensors"), "--onnx",
-            "--batch", "1,2", "--rounds", "2", "--repeats", "1", "--json", str(tmp_path / "all.json")]
+    argv = [
+        "profile",
+        str(tmp_path / "exit0.safetensors"),
+        str(tmp_path / "net.safetensors"),
+        "--onnx",
+        "--batch",
+        "1,2",
+        "--rounds",
+        "2",
+        "--repeats",
+        "1",
+        "--json",
+        str(tmp_path / "all.json"),
+    ]
     assert main(argv) == 0
     prof = json.loads((tmp_path / "exit0.profile.json").read_text())
     for key in ("params", "macs", "macs_conv_linear", "skipped_ops", "onnx", "latency_ms", "settings"):
@@ -142,9 +162,13 @@ def test_profile_command_writes_json_next_to_the_model(tmp_path, capsys):
 )
 def test_profile_bad_input(argv, message, tmp_path, capsys):
     net = attach_exits(create_model("cifar_resnet20", in_chans=1), 2, input_size=(1, 28, 28)).eval()
-    save_model(net, tmp_path / "net.safetensors",
-               ModelInfo("cifar_resnet20", 10, 1, [1, 28, 28], kind="multi-exit", exit_nodes=net.exit_nodes,
-                         head=net.head_type))
+    save_model(
+        net,
+        tmp_path / "net.safetensors",
+        ModelInfo(
+            "cifar_resnet20", 10, 1, [1, 28, 28], kind="multi-exit", exit_nodes=net.exit_nodes, head=net.head_type
+        ),
+    )
     assert main(["profile", str(tmp_path / "net.safetensors"), *argv, "--no-store"]) == 2
     assert message in capsys.readouterr().err
 

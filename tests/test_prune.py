@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from _helpers import needs_fmnist
 from torch import nn
 
 from compact import create_model
@@ -31,6 +30,8 @@ from compact.prune import (
     search_ratios,
 )
 
+from _helpers import needs_fmnist
+
 SIZE = (1, 28, 28)
 
 
@@ -50,8 +51,13 @@ def _busy_bn(model: nn.Module, size) -> nn.Module:
 @pytest.mark.parametrize("arch, variant", sorted(PUBLISHED_REDUCTION))
 def test_pfec_recipes_give_the_published_flops_reductions(arch, variant):
     model = create_model(arch)
-    pruned = prune_layers(copy.deepcopy(model), (3, 32, 32), PRUNERS.get("l1"), pfec_ratios(model, arch, f"pfec-{variant}"),
-                          PruneSettings(round_to=None))
+    pruned = prune_layers(
+        copy.deepcopy(model),
+        (3, 32, 32),
+        PRUNERS.get("l1"),
+        pfec_ratios(model, arch, f"pfec-{variant}"),
+        PruneSettings(round_to=None),
+    )
     before, after = count(model, (3, 32, 32)), count(pruned, (3, 32, 32))
     reduction = 1 - after.macs_conv_linear / before.macs_conv_linear
     assert reduction == pytest.approx(PUBLISHED_REDUCTION[(arch, variant)], abs=0.005)
@@ -68,7 +74,9 @@ def test_importances_against_hand_computation():
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 0.5], [3.0, 0.0], [1.2, -0.9]]).view(4, 2, 1, 1))
     model = nn.Sequential(conv, nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1))
-    group = dependency_graph_for(model, (2, 4, 4)).get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0, 1, 2, 3])
+    group = dependency_graph_for(model, (2, 4, 4)).get_pruning_group(
+        conv, tp.prune_conv_out_channels, idxs=[0, 1, 2, 3]
+    )
     # only the pruned convolution's own filters count (not the BatchNorm, not the next layer's inputs)
     assert FilterNorm(p=1)(group).tolist() == pytest.approx([2.0, 1.0, 3.0, 2.1])
     assert FilterNorm(p=2)(group).tolist() == pytest.approx([2**0.5, 0.5**0.5, 3.0, 1.5])
@@ -79,8 +87,14 @@ def test_importances_against_hand_computation():
     # pruning half of the layer removes the lowest-ranked filters: the smallest L1 norms ([.5, .5], [1, -1]),
     # or the filters nearest the geometric median ([1.2, -.9] and [1, -1]: distance sums 3.80 and 4.04)
     for method, removed in (("l1", [1, 0]), ("fpgm", [3, 0])):
-        pruned = prune_layers(copy.deepcopy(model), (2, 4, 4), PRUNERS.get(method), {"0": 0.5},
-                              PruneSettings(round_to=None), interactive=True)
+        pruned = prune_layers(
+            copy.deepcopy(model),
+            (2, 4, 4),
+            PRUNERS.get(method),
+            {"0": 0.5},
+            PruneSettings(round_to=None),
+            interactive=True,
+        )
         assert sorted(pruned[0][0].idxs) == sorted(removed), method
 
 
@@ -183,13 +197,31 @@ def test_untraceable_model_is_named():
 def test_prune_command_end_to_end(tmp_path, capsys):
     common = ["--subset", "128", "--test-subset", "64", "--batch-size", "64", "--no-progress"]
     run = tmp_path / "source"
-    assert main(["train", "--model", "cifar_resnet20", "--exits", "3", "--epochs", "1", *common,
-                 "--out", str(run)]) == 0
+    assert (
+        main(["train", "--model", "cifar_resnet20", "--exits", "3", "--epochs", "1", *common, "--out", str(run)]) == 0
+    )
     assert main(["export", str(run), "--exit", "1", "--out", str(tmp_path / "exit1.safetensors")]) == 0
     out = tmp_path / "pruned"
     # prune the deep network down to the MACs of its own middle exit, then fine-tune one epoch
-    assert main(["prune", "--method", "fpgm", "--from", str(run), "--match", str(tmp_path / "exit1.safetensors"),
-                 "--epochs", "1", *common, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--method",
+                "fpgm",
+                "--from",
+                str(run),
+                "--match",
+                str(tmp_path / "exit1.safetensors"),
+                "--epochs",
+                "1",
+                *common,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "prune.json").read_text())
     exit_macs = conv_linear_macs(load_model(tmp_path / "exit1.safetensors")[0], SIZE)
     assert report["target_macs"] == exit_macs and abs(report["target_deviation"]) <= 0.03
@@ -211,10 +243,16 @@ def test_prune_command_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--method", "taylor", "--macs-ratio", "0.5"], "unknown pruning method 'taylor'; valid pruning methods: fpgm, l1, sfp"),
+        (
+            ["--method", "taylor", "--macs-ratio", "0.5"],
+            "unknown pruning method 'taylor'; valid pruning methods: fpgm, l1, sfp",
+        ),
         (["--method", "l1", "--macs-ratio", "1.5"], "must be in (0, 1)"),
         (["--method", "l1", "--macs-ratio", "0.5", "--target-macs", "3M"], "exactly one target"),
-        (["--method", "sfp", "--macs-ratio", "0.5", "--allocation", "global"], "sfp prunes every layer at the same rate"),
+        (
+            ["--method", "sfp", "--macs-ratio", "0.5", "--allocation", "global"],
+            "sfp prunes every layer at the same rate",
+        ),
         (["--method", "fpgm", "--recipe", "pfec-b"], "L1-norm (PFEC) recipes"),
     ],
 )
@@ -228,8 +266,26 @@ def test_prune_bad_input(extra, message, tmp_path, capsys):
 @needs_fmnist
 def test_sfp_command_trains_from_scratch_and_ends_physically_pruned(tmp_path):
     out = tmp_path / "sfp"
-    argv = ["prune", "--method", "sfp", "--model", "cifar_resnet20", "--macs-ratio", "0.6", "--epochs", "2",
-            "--subset", "128", "--test-subset", "64", "--batch-size", "64", "--no-progress", "--out", str(out)]
+    argv = [
+        "prune",
+        "--method",
+        "sfp",
+        "--model",
+        "cifar_resnet20",
+        "--macs-ratio",
+        "0.6",
+        "--epochs",
+        "2",
+        "--subset",
+        "128",
+        "--test-subset",
+        "64",
+        "--batch-size",
+        "64",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     report = json.loads((out / "prune.json").read_text())
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -2,9 +2,9 @@
 
 Each subcommand has an ``_add_<name>`` function that declares its arguments and a ``_cmd_<name>``
 function that calls the library; the modules of this package group them (``inspect``: what compact offers;
-``train``: training, evaluation, export; ``probe``: heads on a frozen trunk; ``prune``: pruning baselines; ``profile``: counts and latency;
-``recipes``: comparison runs and reports). Errors of the user's input (:class:`CompactError`) print one line and
-exit with status 2.
+``train``: training, evaluation, export; ``probe``: heads on a frozen trunk; ``prune``: pruning baselines;
+``profile``: counts and latency; ``recipes``: comparison runs and reports). Errors of the user's input
+(:class:`CompactError`) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -19,8 +19,14 @@ from compact.cli._common import add_model_args, build_net
 from compact.errors import CompactError
 
 #: subcommand name -> (function adding its parser, function running it), in help order
-COMMANDS = {**inspect.COMMANDS, **train.COMMANDS, **probe.COMMANDS, **prune.COMMANDS, **profile.COMMANDS,
-            **recipes.COMMANDS}
+COMMANDS = {
+    **inspect.COMMANDS,
+    **train.COMMANDS,
+    **probe.COMMANDS,
+    **prune.COMMANDS,
+    **profile.COMMANDS,
+    **recipes.COMMANDS,
+}
 
 
 def get_parser() -> argparse.ArgumentParser:

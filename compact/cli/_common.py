@@ -36,20 +36,48 @@ def add_model_args(p: argparse.ArgumentParser, training: bool = False) -> None:
     """
     d = (lambda _v: argparse.SUPPRESS) if training else (lambda v: v)
     g = p.add_argument_group("model and exits")
-    g.add_argument("--model", required=not training, default=d(None),
-                   help="cifar_resnet20/32/44/56/110, timm:<name> or torchvision:<name>")
-    g.add_argument("--num-classes", type=int, default=d(10 if not training else None),
-                   help="default: the dataset's" if training else None)
+    g.add_argument(
+        "--model",
+        required=not training,
+        default=d(None),
+        help="cifar_resnet20/32/44/56/110, timm:<name> or torchvision:<name>",
+    )
+    g.add_argument(
+        "--num-classes",
+        type=int,
+        default=d(10 if not training else None),
+        help="default: the dataset's" if training else None,
+    )
     if not training:
         g.add_argument("--input-size", type=_size, default=(3, 32, 32), metavar="C,H,W")
-    g.add_argument("--exits", type=int, default=d(None), metavar="N",
-                   help="number of outputs, final included, spread evenly over the blocks (paper Sec. 4.1.2)")
-    g.add_argument("--exit-blocks", type=_int_list, default=d(None), metavar="B1,B2,..",
-                   help="1-based block numbers to attach auxiliary exits after")
-    g.add_argument("--exit-layers", type=_int_list, default=d(None), metavar="L1,L2,..",
-                   help="depths in weighted layers where blocks end (e.g. 15,25,35,45 for cifar_resnet56)")
-    g.add_argument("--exit-nodes", type=_str_list, default=d(None), metavar="N1,N2,..",
-                   help="module or FX graph-node names, for models whose blocks are not discovered")
+    g.add_argument(
+        "--exits",
+        type=int,
+        default=d(None),
+        metavar="N",
+        help="number of outputs, final included, spread evenly over the blocks (paper Sec. 4.1.2)",
+    )
+    g.add_argument(
+        "--exit-blocks",
+        type=_int_list,
+        default=d(None),
+        metavar="B1,B2,..",
+        help="1-based block numbers to attach auxiliary exits after",
+    )
+    g.add_argument(
+        "--exit-layers",
+        type=_int_list,
+        default=d(None),
+        metavar="L1,L2,..",
+        help="depths in weighted layers where blocks end (e.g. 15,25,35,45 for cifar_resnet56)",
+    )
+    g.add_argument(
+        "--exit-nodes",
+        type=_str_list,
+        default=d(None),
+        metavar="N1,N2,..",
+        help="module or FX graph-node names, for models whose blocks are not discovered",
+    )
     g.add_argument("--head", default=d("bn-relu-gap-fc"), help="head type: bn-relu-gap-fc, relu-gap-fc, gap-fc")
     g.add_argument("--nu", type=float, default=d(None), help="decay rate of the loss weights (Eq. 5; default 2)")
     g.add_argument("--schedule", default=d("constant"), help="weighting schedule: constant, adaptive-1, adaptive-2")

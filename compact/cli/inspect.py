@@ -49,7 +49,7 @@ def _add_exits(sub) -> None:
 def _cmd_exits(args) -> int:
     net, weighting = build_net(args)
     rows = net.describe()
-    for row, g in zip(rows, weighting.gammas()):
+    for row, g in zip(rows, weighting.gammas(), strict=True):
         row["gamma"] = round(g, 6)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -61,5 +61,8 @@ def _cmd_exits(args) -> int:
     return 0
 
 
-COMMANDS = {"models": (_add_models, _cmd_models), "methods": (_add_methods, _cmd_methods),
-            "exits": (_add_exits, _cmd_exits)}
+COMMANDS = {
+    "models": (_add_models, _cmd_models),
+    "methods": (_add_methods, _cmd_methods),
+    "exits": (_add_exits, _cmd_exits),
+}

@@ -13,16 +13,24 @@ from compact.errors import CompactError
 
 def _add_probe(sub) -> None:
     text = "train heads at given exits of a trained network whose layers stay frozen (paper footnote 3)"
-    p = sub.add_parser("probe", help=text, description=text + ". The result is a run folder like any other: "
-                       "per-exit test errors in metrics.jsonl/csv and summary.json.")
+    p = sub.add_parser(
+        "probe",
+        help=text,
+        description=text + ". The result is a run folder like any other: "
+        "per-exit test errors in metrics.jsonl/csv and summary.json.",
+    )
     p.add_argument("source", metavar="RUN_OR_FILE", help="the trained run, or its full/multi-exit model file")
     g = p.add_argument_group("where the heads go (one of)")
     g.add_argument("--exits", type=int, default=S, metavar="N", help="number of outputs, final included")
     g.add_argument("--exit-blocks", type=_int_list, default=S, metavar="B1,B2,..")
     g.add_argument("--exit-layers", type=_int_list, default=S, metavar="L1,L2,..")
     g.add_argument("--exit-nodes", type=_str_list, default=S, metavar="N1,N2,..")
-    g.add_argument("--exits-like", default=None, metavar="RUN_OR_FILE",
-                   help="the exit positions of another network (e.g. the MW-BP run being compared)")
+    g.add_argument(
+        "--exits-like",
+        default=None,
+        metavar="RUN_OR_FILE",
+        help="the exit positions of another network (e.g. the MW-BP run being compared)",
+    )
     p.add_argument("--head", default=S, help="head type (default: the source run's, else bn-relu-gap-fc)")
     p.add_argument("--out", default=None, metavar="RUN", help="probe run folder (default: SOURCE/probe for a run)")
     p.add_argument("--resume", action="store_true", help="continue the probe run in --out")
@@ -47,7 +55,9 @@ def _cmd_probe(args) -> int:
             raise CompactError(f"{args.exits_like} has no auxiliary exits to copy")
         cli["exit_nodes"] = list(like.exit_nodes)
     if not any(k in cli for k in ("exits", "exit_blocks", "exit_layers", "exit_nodes")):
-        raise CompactError("say where the heads go: --exits N, --exit-blocks, --exit-layers, --exit-nodes or --exits-like")
+        raise CompactError(
+            "say where the heads go: --exits N, --exit-blocks, --exit-layers, --exit-nodes or --exits-like"
+        )
     out = Path(args.out) if args.out else (source / "probe" if source.is_dir() else None)
     if out is None:
         raise CompactError("probing a model file needs --out RUN")

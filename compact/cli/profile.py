@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from compact.cli._common import _int_list
@@ -30,9 +29,16 @@ def _cmd_profile(args) -> int:
     if args.rounds < 1 or args.repeats < 1:
         raise CompactError("--rounds and --repeats must be >= 1")
     targets = [load_target(t, args.exit) for t in args.targets]
-    profiles = profile_models(targets, onnx=args.onnx, batches=args.batch, threads=args.threads,
-                              rounds=args.rounds, repeats=args.repeats, latency=not args.no_latency)
-    for t, prof in zip(targets, profiles):
+    profiles = profile_models(
+        targets,
+        onnx=args.onnx,
+        batches=args.batch,
+        threads=args.threads,
+        rounds=args.rounds,
+        repeats=args.repeats,
+        latency=not args.no_latency,
+    )
+    for t, prof in zip(targets, profiles, strict=True):
         if not args.no_store:
             write_profile(prof, t.profile_path)
     if args.json:
@@ -44,8 +50,12 @@ def _cmd_profile(args) -> int:
 
 
 def _print(profiles: list[dict], batches: list[int]) -> None:
-    cols = [(rt, b) for rt in ("onnxruntime", "pytorch") for b in batches
-            if any(rt in p.get("latency_ms", {}) for p in profiles)]
+    cols = [
+        (rt, b)
+        for rt in ("onnxruntime", "pytorch")
+        for b in batches
+        if any(rt in p.get("latency_ms", {}) for p in profiles)
+    ]
     head = f"{'model':<34}{'params':>11}{'MACs':>14}{'conv+lin MACs':>15}"
     head += "".join(f"{('ort' if rt == 'onnxruntime' else 'torch') + f' b{b} ms':>22}" for rt, b in cols)
     print(head)
@@ -64,8 +74,10 @@ def _print(profiles: list[dict], batches: list[int]) -> None:
             print(f"{p['model']}: ONNX opset {p['onnx']['opset']}, parity max |diff| {p['onnx']['parity_max_abs']:.1e}")
     if profiles and "latency_ms" in profiles[0]:
         s = profiles[0]["settings"]
-        print(f"latency: median (p10-p90) of {s['rounds']} interleaved rounds x {s['repeats']} calls, "
-              f"{s['threads']} threads" + (", ONNX Runtime CPU provider, ORT_ENABLE_ALL" if s["onnxruntime"] else ""))
+        print(
+            f"latency: median (p10-p90) of {s['rounds']} interleaved rounds x {s['repeats']} calls, "
+            f"{s['threads']} threads" + (", ONNX Runtime CPU provider, ORT_ENABLE_ALL" if s["onnxruntime"] else "")
+        )
 
 
 COMMANDS = {"profile": (_add_profile, _cmd_profile)}

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+
 from compact.cli.train import S, _config_values, _key_value, add_data_args, add_schedule_args
-from compact.errors import CompactError  # noqa: F401  (errors surface through main)
 
 
 def _add_prune(sub) -> None:
     text = "prune a model to a target MACs (l1 = PFEC, fpgm, sfp) and fine-tune it"
-    p = sub.add_parser("prune", help=text, description=text + ". MACs are convolution + linear multiply-"
-                       "accumulates of one input, measured on the physically pruned model.")
+    p = sub.add_parser(
+        "prune",
+        help=text,
+        description=text + ". MACs are convolution + linear multiply-"
+        "accumulates of one input, measured on the physically pruned model.",
+    )
     p.add_argument("--method", required=True, help="l1, fpgm or sfp")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", default=None, help="a model name: prune at initialisation (sfp: train from scratch)")
@@ -25,8 +29,15 @@ def _add_prune(sub) -> None:
     g.add_argument("--max-layer-ratio", type=float, default=0.9, help="at most this fraction of a layer (0.9)")
     g.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of N (8; 1 = off)")
     p.add_argument("--no-finetune", action="store_true", help="l1/fpgm: stop after pruning")
-    p.add_argument("--model-arg", dest="model_kwargs", type=_key_value, action="append", default=S,
-                   metavar="KEY=VALUE", help="extra model constructor argument (with --model), e.g. shortcut=B")
+    p.add_argument(
+        "--model-arg",
+        dest="model_kwargs",
+        type=_key_value,
+        action="append",
+        default=S,
+        metavar="KEY=VALUE",
+        help="extra model constructor argument (with --model), e.g. shortcut=B",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (a run folder plus the pruned model)")
     p.add_argument("--resume", action="store_true", help="continue the job in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a job found in --out")
@@ -44,14 +55,26 @@ def _cmd_prune(args) -> int:
     target = None
     if not args.resume:
         target = Target(macs=args.target_macs, ratio=args.macs_ratio, match=args.match, recipe=args.recipe)
-    settings = PruneSettings(allocation=args.allocation, max_layer_ratio=args.max_layer_ratio,
-                             round_to=None if args.round_to == 1 else args.round_to)
+    settings = PruneSettings(
+        allocation=args.allocation,
+        max_layer_ratio=args.max_layer_ratio,
+        round_to=None if args.round_to == 1 else args.round_to,
+    )
     cli = _config_values(args)
     cli.pop("method", None)
     cli.pop("model", None)  # --model is the source here, given separately
     cfg = prune_config(method.soft, args.source, args.model, cli)
-    prune_job(args.method, cfg, target, settings, args.out, finetune=not args.no_finetune, resume=args.resume,
-              overwrite=args.overwrite, progress=args.progress)
+    prune_job(
+        args.method,
+        cfg,
+        target,
+        settings,
+        args.out,
+        finetune=not args.no_finetune,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=args.progress,
+    )
     return 0
 
 

@@ -49,8 +49,13 @@ def add_schedule_args(p: argparse.ArgumentParser, epochs_default: int = 400) -> 
     g.add_argument("--batch-size", type=int, default=S, help="default 128")
     g.add_argument("--eval-batch-size", type=int, default=S, help="default 512")
     g.add_argument("--lr", type=float, default=S, help="initial learning rate (default 0.1)")
-    g.add_argument("--lr-milestones", type=_float_list, default=S, metavar="F1,F2",
-                   help="fractions of the epochs at which lr is multiplied by --lr-decay (default 0.4,0.6)")
+    g.add_argument(
+        "--lr-milestones",
+        type=_float_list,
+        default=S,
+        metavar="F1,F2",
+        help="fractions of the epochs at which lr is multiplied by --lr-decay (default 0.4,0.6)",
+    )
     g.add_argument("--lr-decay", type=float, default=S, help="default 0.1")
     g.add_argument("--momentum", type=float, default=S, help="default 0.9")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=S, help="default on")
@@ -64,18 +69,41 @@ def _add_training(sub, name: str, help_text: str, fixed_method: str | None) -> N
     p.add_argument("--out", default=None, metavar="RUN", help="run folder to create")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run found in --out")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
     if fixed_method is None:
-        p.add_argument("--method", default=S,
-                       help="standard, joint, relay, mwbp, reverse-mwbp, naive-mwbp, naive-reverse-mwbp")
-    p.add_argument("--method-option", dest="method_options", type=_key_value, action="append", default=S,
-                   metavar="KEY=VALUE", help="method option, e.g. c=2 (relay) or lr_scaling=authors (MW-BP)")
+        p.add_argument(
+            "--method", default=S, help="standard, joint, relay, mwbp, reverse-mwbp, naive-mwbp, naive-reverse-mwbp"
+        )
+    p.add_argument(
+        "--method-option",
+        dest="method_options",
+        type=_key_value,
+        action="append",
+        default=S,
+        metavar="KEY=VALUE",
+        help="method option, e.g. c=2 (relay) or lr_scaling=authors (MW-BP)",
+    )
     add_model_args(p, training=True)
-    p.add_argument("--model-arg", dest="model_kwargs", type=_key_value, action="append", default=S,
-                   metavar="KEY=VALUE", help="extra model constructor argument, e.g. shortcut=B")
-    p.add_argument("--init-from", default=S, metavar="RUN_OR_FILE",
-                   help="start from the backbone weights of a trained run or model file (heads start fresh)")
+    p.add_argument(
+        "--model-arg",
+        dest="model_kwargs",
+        type=_key_value,
+        action="append",
+        default=S,
+        metavar="KEY=VALUE",
+        help="extra model constructor argument, e.g. shortcut=B",
+    )
+    p.add_argument(
+        "--init-from",
+        default=S,
+        metavar="RUN_OR_FILE",
+        help="start from the backbone weights of a trained run or model file (heads start fresh)",
+    )
     add_data_args(p)
     add_schedule_args(p)
     p.set_defaults(fixed_method=fixed_method)
@@ -117,10 +145,13 @@ def _cmd_train(args) -> int:
         cfg = resolve_config(cli, args.config)
         out = args.out
     if args.fixed_method and cfg.placement == {"num_outputs": 1}:
-        raise CompactError(f"{args.command} needs auxiliary exits: --exits N, --exit-blocks, --exit-layers or --exit-nodes")
+        raise CompactError(
+            f"{args.command} needs auxiliary exits: --exits N, --exit-blocks, --exit-layers or --exit-nodes"
+        )
     summary = train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=args.progress)
     _print_outputs(summary["outputs"])
-    print(f"run folder: {out} (model.safetensors, metrics.csv); export an exit with: compact export {out} --exit 0 --out FILE")
+    print(f"run folder: {out} (model.safetensors, metrics.csv)")
+    print(f"export an exit with: compact export {out} --exit 0 --out FILE")
     return 0
 
 
@@ -165,10 +196,15 @@ def _cmd_eval(args) -> int:
     if not name:
         raise CompactError(f"{args.target} does not say which dataset it was trained on; pass --data")
     data_dir = getattr(args, "data_dir", None) or (cfg.data_dir if cfg else None)
-    opts = DataOptions(name=name, data_dir=data_dir, download=getattr(args, "download", False),
-                       test_subset=getattr(args, "test_subset", None), image_size=info.input_size[-1],
-                       seed=cfg.seed if cfg else int(info.source.get("seed", 0)),
-                       workers=getattr(args, "workers", 2))
+    opts = DataOptions(
+        name=name,
+        data_dir=data_dir,
+        download=getattr(args, "download", False),
+        test_subset=getattr(args, "test_subset", None),
+        image_size=info.input_size[-1],
+        seed=cfg.seed if cfg else int(info.source.get("seed", 0)),
+        workers=getattr(args, "workers", 2),
+    )
     data = load_data(opts)
     if data.num_classes != info.num_classes or list(data.input_size) != list(info.input_size):
         raise CompactError(
@@ -179,8 +215,11 @@ def _cmd_eval(args) -> int:
     losses, errors = evaluate(model, test_loader, device, trained)
     rows = _rows(model, info, errors)
     if args.json:
-        print(json.dumps({"target": args.target, "data": data.name, "test_images": data.test_size,
-                          "outputs": rows}, indent=2))
+        print(
+            json.dumps(
+                {"target": args.target, "data": data.name, "test_images": data.test_size, "outputs": rows}, indent=2
+            )
+        )
     else:
         print(f"{args.target}: {data.name}, {data.test_size} test images")
         _print_outputs(rows)
@@ -193,9 +232,15 @@ def _rows(model, info, errors: list[float | None]) -> list[dict]:
     else:
         node = info.exit_nodes[0] if info.exit_nodes else "(final)"
         depth = info.source.get("depth", "-")
-        rows = [{"output": info.source.get("output", 0), "node": node, "depth": depth,
-                 "params": sum(p.numel() for p in model.parameters())}]
-    for row, err in zip(rows, errors):
+        rows = [
+            {
+                "output": info.source.get("output", 0),
+                "node": node,
+                "depth": depth,
+                "params": sum(p.numel() for p in model.parameters()),
+            }
+        ]
+    for row, err in zip(rows, errors, strict=True):
         row["test_error_pct"] = err
     return rows
 
@@ -204,8 +249,13 @@ def _rows(model, info, errors: list[float | None]) -> list[dict]:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write one output of a trained run as a standalone model file")
     p.add_argument("target", metavar="RUN_OR_FILE", help="a run folder or a multi-exit .safetensors model file")
-    p.add_argument("--exit", required=True, dest="which", metavar="K",
-                   help="output index (0 = shallowest exit; negative counts from the end) or 'final'")
+    p.add_argument(
+        "--exit",
+        required=True,
+        dest="which",
+        metavar="K",
+        help="output index (0 = shallowest exit; negative counts from the end) or 'final'",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="model file to write (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
 
@@ -215,12 +265,16 @@ def _cmd_export(args) -> int:
 
     net, info, _, _ = _load_target(Path(args.target), "cpu")
     if not hasattr(net, "exit_nodes"):
-        raise CompactError(f"{args.target} is a single-output model ({info.kind}); export takes a run or multi-exit file")
+        raise CompactError(
+            f"{args.target} is a single-output model ({info.kind}); export takes a run or multi-exit file"
+        )
     written = export_output(net, info, args.which, args.out, overwrite=args.overwrite)
     total = sum(p.numel() for p in net.backbone.parameters())
     what = f"exit {written.source['output']} at {written.exit_nodes[0]}" if written.kind == "exit" else "final output"
-    print(f"wrote {args.out}: {what} (layer {written.source['depth']}), {written.params:,} parameters "
-          f"({100 * written.params / total:.1f}% of the backbone's {total:,})")
+    print(
+        f"wrote {args.out}: {what} (layer {written.source['depth']}), {written.params:,} parameters "
+        f"({100 * written.params / total:.1f}% of the backbone's {total:,})"
+    )
     return 0
 
 

@@ -149,8 +149,15 @@ def _image_folder(root: str, opts: DataOptions, in_chans: int) -> Data:
 
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ([0.5] * in_chans, [0.5] * in_chans)
     return Data(
-        f"imagefolder:{root}", len(train.classes), (in_chans, size, size), mean, std, len(train_ds), len(test_ds),
-        list(train.classes), make,
+        f"imagefolder:{root}",
+        len(train.classes),
+        (in_chans, size, size),
+        mean,
+        std,
+        len(train_ds),
+        len(test_ds),
+        list(train.classes),
+        make,
     )
 
 

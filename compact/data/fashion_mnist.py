@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from compact.data.idx import read_idx
 from compact.data.memory import ArrayDataset
 from compact.errors import CompactError
@@ -47,9 +46,7 @@ def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
     return None
 
 
-def load_fashion_mnist(
-    data_dir: str | Path | None = None, download: bool = False
-) -> tuple[ArrayDataset, ArrayDataset]:
+def load_fashion_mnist(data_dir: str | Path | None = None, download: bool = False) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) as in-memory uint8 datasets of shape (N, 1, 28, 28)."""
     directory = find_fashion_mnist(data_dir)
     if directory is None and download:

@@ -51,9 +51,7 @@ class ArrayDataset:
         return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
 
 
-def random_crop_flip(
-    x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator
-) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Per-image random crop of the zero-padded batch back to its size, and random horizontal flips."""
     b, c, h, w = x.shape
     if pad > 0:

@@ -10,8 +10,22 @@ from compact.errors import CompactError
 #: the paper does not give the schedule of its probe heads; heads on frozen features converge quickly
 PROBE_EPOCHS = 40
 #: what a probe run takes over from the trained run it probes
-INHERITED = ("model", "model_kwargs", "num_classes", "head", "data", "data_dir", "subset", "test_subset",
-             "image_size", "workers", "seed", "batch_size", "eval_batch_size", "device")
+INHERITED = (
+    "model",
+    "model_kwargs",
+    "num_classes",
+    "head",
+    "data",
+    "data_dir",
+    "subset",
+    "test_subset",
+    "image_size",
+    "workers",
+    "seed",
+    "batch_size",
+    "eval_batch_size",
+    "device",
+)
 
 
 def probe_config(source: Path, cli: dict[str, Any]):
@@ -28,8 +42,13 @@ def probe_config(source: Path, cli: dict[str, Any]):
         info = read_info(source)
         if info.kind == "exit":
             raise CompactError(f"{source} is a single exit; probing needs the whole trained network")
-        base = {"model": info.arch, "model_kwargs": info.model_kwargs, "num_classes": info.num_classes,
-                "data": info.dataset or "fashion-mnist", "seed": int(info.source.get("seed", 0))}
+        base = {
+            "model": info.arch,
+            "model_kwargs": info.model_kwargs,
+            "num_classes": info.num_classes,
+            "data": info.dataset or "fashion-mnist",
+            "seed": int(info.source.get("seed", 0)),
+        }
         if info.head:
             base["head"] = info.head
     values = {**base, "epochs": PROBE_EPOCHS, **cli, "method": "probe", "init_from": str(source)}

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
 import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,14 @@ def resolve_device(name: str) -> torch.device:
 
 def data_options(cfg: TrainConfig) -> DataOptions:
     return DataOptions(
-        name=cfg.data, data_dir=cfg.data_dir, download=cfg.download, subset=cfg.subset,
-        test_subset=cfg.test_subset, seed=cfg.seed, image_size=cfg.image_size, workers=cfg.workers,
+        name=cfg.data,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
+        subset=cfg.subset,
+        test_subset=cfg.test_subset,
+        seed=cfg.seed,
+        image_size=cfg.image_size,
+        workers=cfg.workers,
     )
 
 
@@ -96,9 +102,15 @@ def build_network(cfg: TrainConfig, data: Data) -> tuple[MultiExitNet, LossWeigh
 
 def identity(cfg: TrainConfig, net: MultiExitNet, data: Data) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed into this network and method."""
-    return {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "num_classes": data.num_classes,
-            "input_size": list(data.input_size), "exit_nodes": net.exit_nodes, "head": net.head_type,
-            "method": cfg.method}
+    return {
+        "model": cfg.model,
+        "model_kwargs": cfg.model_kwargs,
+        "num_classes": data.num_classes,
+        "input_size": list(data.input_size),
+        "exit_nodes": net.exit_nodes,
+        "head": net.head_type,
+        "method": cfg.method,
+    }
 
 
 def source_backbone(source: str | Path) -> tuple[torch.nn.Module, Any]:
@@ -112,7 +124,9 @@ def source_backbone(source: str | Path) -> tuple[torch.nn.Module, Any]:
         raise CompactError(f"{source} does not exist (it defines the network this run starts from)")
     module, info = open_run(path).network() if path.is_dir() else load_model(path)
     if info.kind == "exit":
-        raise CompactError(f"{source} is a single exit ({info.exit_nodes[0]}); starting from it needs the whole network")
+        raise CompactError(
+            f"{source} is a single exit ({info.exit_nodes[0]}); starting from it needs the whole network"
+        )
     return (module.backbone if isinstance(module, MultiExitNet) else module), info
 
 
@@ -176,13 +190,11 @@ def train_epoch(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             wait += time.perf_counter() - t
             out = method.step(x, y)
-            for i, (loss, logits) in enumerate(zip(out.losses, out.logits)):
+            for i, (loss, logits) in enumerate(zip(out.losses, out.logits, strict=True)):
                 if loss is None:
                     continue
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss of output {i} became {loss} in epoch {epoch + 1}, batch {b + 1}"
-                    )
+                    raise TrainingDiverged(f"the loss of output {i} became {loss} in epoch {epoch + 1}, batch {b + 1}")
                 computed[i] = True
                 loss_sum[i] += loss * len(y)
                 wrong[i] += (logits.argmax(1) != y).sum().item()
@@ -318,8 +330,13 @@ def train(
                 soft.zero(net.backbone)  # SFP: the zeroed filters keep training in the next epoch
             test_loss, test_err = evaluate(net, test_loader, device, trained)
             record = {
-                "epoch": epoch + 1, "lr": method.lr, "nu": weighting.nu, "gammas": weighting.gammas(),
-                **record, "test_loss": test_loss, "test_error_pct": test_err,
+                "epoch": epoch + 1,
+                "lr": method.lr,
+                "nu": weighting.nu,
+                "gammas": weighting.gammas(),
+                **record,
+                "test_loss": test_loss,
+                "test_error_pct": test_err,
                 "epoch_time_s": record["train_time_s"] + time.perf_counter() - t,
             }
             history.append(record)
@@ -328,10 +345,17 @@ def train(
                 rng["cuda"] = torch.cuda.get_rng_state(device)
             save_checkpoint(
                 out / CHECKPOINT,
-                {"epoch": epoch + 1, "identity": ident, "config": cfg.to_dict(), "model_info": asdict(info),
-                 "model": net.state_dict(),
-                 "method": method.state_dict(), "rng": rng, "history": history,
-                 "soft_prune": soft.state_dict() if soft is not None else None},
+                {
+                    "epoch": epoch + 1,
+                    "identity": ident,
+                    "config": cfg.to_dict(),
+                    "model_info": asdict(info),
+                    "model": net.state_dict(),
+                    "method": method.state_dict(),
+                    "rng": rng,
+                    "history": history,
+                    "soft_prune": soft.state_dict() if soft is not None else None,
+                },
             )
             metrics.write(history)
             log(_epoch_line(record, cfg.epochs))
@@ -365,9 +389,18 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
 def model_info(cfg: TrainConfig, net: MultiExitNet, data: Data, out: Path) -> ModelInfo:
     """The description under which the run's network is stored (checkpoint and final model file)."""
     return ModelInfo(
-        arch=cfg.model, num_classes=data.num_classes, in_chans=data.input_size[0], input_size=list(data.input_size),
-        kind="multi-exit", exit_nodes=list(net.exit_nodes), head=net.head_type, model_kwargs=dict(cfg.model_kwargs),
-        mean=data.mean, std=data.std, classes=data.classes, dataset=data.name,
+        arch=cfg.model,
+        num_classes=data.num_classes,
+        in_chans=data.input_size[0],
+        input_size=list(data.input_size),
+        kind="multi-exit",
+        exit_nodes=list(net.exit_nodes),
+        head=net.head_type,
+        model_kwargs=dict(cfg.model_kwargs),
+        mean=data.mean,
+        std=data.std,
+        classes=data.classes,
+        dataset=data.name,
         source={"run": str(out), "method": cfg.method, "seed": cfg.seed},
     )
 
@@ -376,11 +409,15 @@ def _finish(cfg: TrainConfig, out: Path, net: MultiExitNet, info: ModelInfo, his
     info.source["epochs"] = len(history)
     save_model(net, out / MODEL, info)
     rows = net.describe()
-    for row, err in zip(rows, history[-1]["test_error_pct"]):
+    for row, err in zip(rows, history[-1]["test_error_pct"], strict=True):
         row["test_error_pct"] = err
     summary = {
-        "model": cfg.model, "method": cfg.method, "data": info.dataset, "epochs": len(history),
-        "train_time_s": sum(r["epoch_time_s"] for r in history), "outputs": rows,
+        "model": cfg.model,
+        "method": cfg.method,
+        "data": info.dataset,
+        "epochs": len(history),
+        "train_time_s": sum(r["epoch_time_s"] for r in history),
+        "outputs": rows,
     }
     write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -9,6 +9,7 @@ run FX feature extractors sharing the backbone's parameters.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -112,7 +113,7 @@ class MultiExitNet(nn.Module):
         if not self.exit_nodes:
             return [self.backbone(x)]
         feats = self.features(x)
-        outs = [head(feats[name]) for head, name in zip(self.heads, self.exit_nodes)]
+        outs = [head(feats[name]) for head, name in zip(self.heads, self.exit_nodes, strict=True)]
         outs.append(feats[self.final_node])
         return outs
 
@@ -209,7 +210,7 @@ def attach_exits(
         selected = [by_depth[int(d)] for d in layers]
 
     depths = [b.depth for b in selected]
-    if any(later <= earlier for earlier, later in zip(depths, depths[1:])):
+    if any(later <= earlier for earlier, later in itertools.pairwise(depths)):
         raise CompactError(
             "exit positions must be strictly increasing in depth; got "
             + ", ".join(f"{b.name} (layer {b.depth})" for b in selected)

@@ -81,9 +81,7 @@ def _depends_on_input(grad_fn, batch: torch.Tensor) -> bool:
             continue
         parents = [p for p, _ in node.next_functions if p is not None]
         if expanded:
-            node.metadata[_FLAG] = getattr(node, "variable", None) is batch or any(
-                p.metadata[_FLAG] for p in parents
-            )
+            node.metadata[_FLAG] = getattr(node, "variable", None) is batch or any(p.metadata[_FLAG] for p in parents)
         else:
             stack.append((node, True))
             stack.extend((p, False) for p in parents if _FLAG not in p.metadata)

@@ -70,7 +70,9 @@ class BPMethod(ABC):
         weighting: LossWeighting | None = None,
     ) -> None:
         if not isinstance(net, MultiExitNet):
-            raise CompactError(f"{self.name} needs a MultiExitNet (see compact.exits.attach_exits), got {type(net).__name__}")
+            raise CompactError(
+                f"{self.name} needs a MultiExitNet (see compact.exits.attach_exits), got {type(net).__name__}"
+            )
         self.net = net
         self.sgd = sgd if sgd is not None else SGDConfig()
         self.weighting = weighting if weighting is not None else LossWeighting(net.depths)
@@ -146,10 +148,11 @@ class BPMethod(ABC):
             raise CompactError(f"state is for method {state.get('method')!r}, not {self.name!r}")
         if len(state["optimizers"]) != len(self.optimizers):
             raise CompactError(
-                f"state has {len(state['optimizers'])} optimizers, {self.name} on this network has {len(self.optimizers)}"
+                f"state has {len(state['optimizers'])} optimizers, "
+                f"{self.name} on this network has {len(self.optimizers)}"
             )
         self.weighting.load_state_dict(state["weighting"])
-        for opt, s in zip(self.optimizers, state["optimizers"]):
+        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
         self.lr = float(state["lr"])
         self._apply_lr()

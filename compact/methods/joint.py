@@ -17,7 +17,7 @@ class JointBP(BPMethod):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         outs = self.net.forward_exits(x)
         losses = self._losses(outs, y)
-        total = sum(g * loss for g, loss in zip(self.weighting.gammas(), losses))
+        total = sum(g * loss for g, loss in zip(self.weighting.gammas(), losses, strict=True))
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         total.backward()

@@ -29,7 +29,7 @@ class ProbeHeads(BPMethod):
         net.backbone.eval()  # frozen BatchNorm statistics (the engine puts the whole net in train mode)
         with torch.no_grad():
             feats = net.features(x)
-        outs = [head(feats[node]) for head, node in zip(net.heads, net.exit_nodes)]
+        outs = [head(feats[node]) for head, node in zip(net.heads, net.exit_nodes, strict=True)]
         losses = self._losses(outs, y)
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)

@@ -1,7 +1,7 @@
 """Models: compact's registry (CIFAR ResNets) and adapters for ``timm:`` and ``torchvision:`` names."""
 
-from compact.models._builder import MODELS, create_model, list_models, register_model
 from compact.models import cifar_resnet as _cifar_resnet  # noqa: F401  (registers cifar_resnet*)
+from compact.models._builder import MODELS, create_model, list_models, register_model
 from compact.models.cifar_resnet import BasicBlock, CifarResNet
 
 __all__ = ["MODELS", "BasicBlock", "CifarResNet", "create_model", "list_models", "register_model"]

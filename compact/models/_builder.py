@@ -98,9 +98,7 @@ def _reset_classifier(model: nn.Module, num_classes: int) -> bool:
     return True
 
 
-def create_model(
-    name: str, num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs
-) -> nn.Module:
+def create_model(name: str, num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs) -> nn.Module:
     """Build a classifier by name.
 
     ``name`` is one of :func:`list_models` (compact's own, e.g. ``cifar_resnet56``), ``timm:<name>`` or

@@ -23,8 +23,12 @@ class Timing:
     samples_ms: list[float]
 
     def to_dict(self) -> dict:
-        return {"median": round(self.median_ms, 4), "p10": round(self.p10_ms, 4), "p90": round(self.p90_ms, 4),
-                "rounds": len(self.samples_ms)}
+        return {
+            "median": round(self.median_ms, 4),
+            "p10": round(self.p10_ms, 4),
+            "p90": round(self.p90_ms, 4),
+            "rounds": len(self.samples_ms),
+        }
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -47,7 +51,7 @@ def time_interleaved(
             candidates[name]()
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fn = candidates[name]
             start = time.perf_counter()

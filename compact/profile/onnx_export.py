@@ -35,8 +35,14 @@ def export_onnx(model: nn.Module, input_size: Sequence[int], path: str | Path) -
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and constant-folding notes
         try:
             torch.onnx.export(
-                model, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=[INPUT],
-                output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                model,
+                (x,),
+                str(tmp),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
             )
         except Exception as exc:  # the exporter raises various types; the message names the operator
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

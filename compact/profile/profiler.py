@@ -101,9 +101,15 @@ def profile_models(
         for k, t in enumerate(targets):
             c = count(t.module, t.input_size)
             prof: dict[str, Any] = {
-                "model": t.name, **t.description, "input_size": t.input_size, "params": c.params, "macs": c.macs,
-                "macs_conv_linear": c.macs_conv_linear, "macs_unit": "multiply-accumulates (fvcore flops)",
-                "macs_by_operator": c.by_operator, "skipped_ops": c.skipped_ops,
+                "model": t.name,
+                **t.description,
+                "input_size": t.input_size,
+                "params": c.params,
+                "macs": c.macs,
+                "macs_conv_linear": c.macs_conv_linear,
+                "macs_unit": "multiply-accumulates (fvcore flops)",
+                "macs_by_operator": c.by_operator,
+                "skipped_ops": c.skipped_ops,
             }
             session = None
             if onnx:
@@ -111,18 +117,25 @@ def profile_models(
                 session = ort_session(onnx_path, threads)
                 diff = parity(t.module, session, t.input_size)
                 if diff >= PARITY_LIMIT:
-                    raise CompactError(f"{t.name}: ONNX Runtime differs from PyTorch by {diff:.2e} (limit {PARITY_LIMIT})")
-                prof["onnx"] = {"exporter": "torch.onnx TorchScript (dynamo=False)", "opset": OPSET,
-                                "checker": "full_check", "dynamic_batch": True, "parity_max_abs": diff,
-                                "parity_note": "max |onnxruntime - pytorch| / max(1, max |pytorch|), random inputs",
-                                "file_bytes": onnx_path.stat().st_size}
+                    raise CompactError(
+                        f"{t.name}: ONNX Runtime differs from PyTorch by {diff:.2e} (limit {PARITY_LIMIT})"
+                    )
+                prof["onnx"] = {
+                    "exporter": "torch.onnx TorchScript (dynamo=False)",
+                    "opset": OPSET,
+                    "checker": "full_check",
+                    "dynamic_batch": True,
+                    "parity_max_abs": diff,
+                    "parity_note": "max |onnxruntime - pytorch| / max(1, max |pytorch|), random inputs",
+                    "file_bytes": onnx_path.stat().st_size,
+                }
             for b in batches:
                 x = torch.randn(b, *t.input_size, generator=torch.Generator().manual_seed(b))
                 if "pytorch" in runtimes:
                     runners[f"{k}|pytorch|{b}"] = _torch_runner(t.module, x)
                 if session is not None and "onnxruntime" in runtimes:
                     feed = {"input": x.numpy().astype(np.float32)}
-                    runners[f"{k}|onnxruntime|{b}"] = (lambda s=session, f=feed: s.run(None, f))
+                    runners[f"{k}|onnxruntime|{b}"] = lambda s=session, f=feed: s.run(None, f)
             profiles.append(prof)
         if latency and runners:
             timings = time_interleaved(runners, rounds=rounds, repeats=repeats)
@@ -130,10 +143,15 @@ def profile_models(
                 k, runtime, b = key.split("|")
                 profiles[int(k)].setdefault("latency_ms", {}).setdefault(runtime, {})[b] = timing.to_dict()
     settings = {
-        "threads": torch.get_num_threads(), "batches": list(batches), "rounds": rounds, "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "batches": list(batches),
+        "rounds": rounds,
+        "repeats": repeats,
         "onnxruntime": {"provider": "CPUExecutionProvider", "graph_optimization_level": "ORT_ENABLE_ALL"}
-        if onnx else None,
-        "interleaved": [t.name for t in targets], "machine": f"{platform.machine()}, {platform.processor() or '?'}",
+        if onnx
+        else None,
+        "interleaved": [t.name for t in targets],
+        "machine": f"{platform.machine()}, {platform.processor() or '?'}",
         "torch": torch.__version__,
     }
     for prof in profiles:

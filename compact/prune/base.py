@@ -47,13 +47,22 @@ class PruneMethod:
 
 PRUNERS: Registry[PruneMethod] = Registry("pruning method")
 for _m in (
-    PruneMethod("l1", lambda: FilterNorm(p=1), False,
-                "L1-norm filter pruning (PFEC, Li et al. 2017): prune a trained model, then fine-tune"),
-    PruneMethod("fpgm", GeometricMedian, False,
-                "geometric-median filter pruning (FPGM, He et al. 2019): prune, then fine-tune"),
-    PruneMethod("sfp", lambda: FilterNorm(p=2), True,
-                "soft filter pruning (SFP, He et al. 2018): zero the lowest-L2 filters after every epoch, "
-                "keep training them, remove the last zeroed ones at the end"),
+    PruneMethod(
+        "l1",
+        lambda: FilterNorm(p=1),
+        False,
+        "L1-norm filter pruning (PFEC, Li et al. 2017): prune a trained model, then fine-tune",
+    ),
+    PruneMethod(
+        "fpgm", GeometricMedian, False, "geometric-median filter pruning (FPGM, He et al. 2019): prune, then fine-tune"
+    ),
+    PruneMethod(
+        "sfp",
+        lambda: FilterNorm(p=2),
+        True,
+        "soft filter pruning (SFP, He et al. 2018): zero the lowest-L2 filters after every epoch, "
+        "keep training them, remove the last zeroed ones at the end",
+    ),
 ):
     PRUNERS.register(_m.name)(_m)
 
@@ -111,15 +120,14 @@ def _traced(what: str, model: nn.Module, fn: Callable):
     except CompactError:
         raise
     except Exception as exc:  # torch-pruning raises many types for operations it cannot trace
-        raise CompactError(
-            f"torch-pruning cannot {what} {type(model).__name__}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise CompactError(f"torch-pruning cannot {what} {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
 
 
 def dependency_graph_for(model: nn.Module, input_size: Sequence[int]) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model`` traced with one input of ``input_size``."""
-    return _traced("trace", model, lambda: tp.DependencyGraph().build_dependency(
-        model, example_inputs=_example(model, input_size)))
+    return _traced(
+        "trace", model, lambda: tp.DependencyGraph().build_dependency(model, example_inputs=_example(model, input_size))
+    )
 
 
 def prunable_layers(model: nn.Module, input_size: Sequence[int], method: PruneMethod) -> dict[str, torch.Tensor]:
@@ -162,8 +170,12 @@ def allocate(layers: dict[str, torch.Tensor], ratio: float, settings: PruneSetti
 
 
 def prune_layers(
-    model: nn.Module, input_size: Sequence[int], method: PruneMethod, ratios: dict[str, float],
-    settings: PruneSettings, interactive: bool = False,
+    model: nn.Module,
+    input_size: Sequence[int],
+    method: PruneMethod,
+    ratios: dict[str, float],
+    settings: PruneSettings,
+    interactive: bool = False,
 ):
     """Remove ``ratios[name]`` of the channels of each named layer (and everything coupled to them), in place.
 
@@ -175,11 +187,20 @@ def prune_layers(
         return [] if interactive else model
     was_training = model.training
     model.eval()
-    pruner = _traced("trace", model, lambda: tp.pruner.BasePruner(
-        model, example_inputs=_example(model, input_size), importance=method.importance(),
-        pruning_ratio=0.0, pruning_ratio_dict=ratio_dict, max_pruning_ratio=1.0,
-        round_to=settings.round_to, ignored_layers=never_pruned(model),
-    ))
+    pruner = _traced(
+        "trace",
+        model,
+        lambda: tp.pruner.BasePruner(
+            model,
+            example_inputs=_example(model, input_size),
+            importance=method.importance(),
+            pruning_ratio=0.0,
+            pruning_ratio_dict=ratio_dict,
+            max_pruning_ratio=1.0,
+            round_to=settings.round_to,
+            ignored_layers=never_pruned(model),
+        ),
+    )
     if interactive:
         groups = _traced("prune", model, lambda: list(pruner.step(interactive=True)))
         model.train(was_training)
@@ -207,6 +228,7 @@ def search_ratios(
     settings: PruneSettings,
     tolerance: float = 0.03,
     steps: int = 12,
+    refine: bool = True,
 ) -> SearchResult:
     """Per-layer pruning ratios whose pruned copy of ``model`` has conv+linear MACs closest to ``target_macs``.
 
@@ -230,7 +252,9 @@ def search_ratios(
     lo, hi = 0.0, settings.max_layer_ratio if settings.allocation == "uniform" else 1.0
     hi_macs = measure(allocate(layers, hi, settings))
     if hi_macs > target_macs * (1 + tolerance):
-        kept = "the classifier" + (" and the residual stream of option-A shortcuts" if len(never_pruned(model)) > 1 else "")
+        kept = "the classifier" + (
+            " and the residual stream of option-A shortcuts" if len(never_pruned(model)) > 1 else ""
+        )
         raise CompactError(
             f"target {target_macs:,} MACs is too small to reach: with at most {settings.max_layer_ratio:.0%} of "
             f"every prunable layer removed, {hi_macs:,} MACs remain ({kept} are never pruned); raise "
@@ -244,7 +268,7 @@ def search_ratios(
             hi = mid
     low, high = allocate(layers, lo, settings), allocate(layers, hi, settings)
     names = list(layers)
-    a, b = 0, len(names)
+    a, b = 0, len(names) if refine else 0
     while b - a > 1:  # mixing: first j layers at the higher ratio
         j = (a + b) // 2
         mixed = {n: (high[n] if i < j else low[n]) for i, n in enumerate(names)}

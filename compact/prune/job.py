@@ -23,15 +23,26 @@ from torch import nn
 from compact._atomic import write_text
 from compact.errors import CompactError
 from compact.profile import count
-from compact.prune.base import PRUNERS, PruneSettings, parse_macs, prunable_layers, prune_layers, search_ratios
+from compact.prune.base import PRUNERS, PruneSettings, parse_macs, prune_layers, search_ratios
 from compact.prune.pfec import pfec_ratios
 
 PLAN, REPORT, PRUNED_INIT, PRUNED = "plan.json", "prune.json", "pruned-init.safetensors", "pruned.safetensors"
 #: PFEC's retraining of pruned CIFAR ResNets (the default fine-tuning of l1 / fpgm): 40 epochs, lr 0.001
 FINETUNE = {"epochs": 40, "lr": 0.001, "lr_milestones": []}
 #: what the fine-tuning takes over from a trained source run
-INHERITED = ("model", "model_kwargs", "num_classes", "data", "data_dir", "subset", "test_subset", "image_size",
-             "seed", "batch_size", "eval_batch_size")
+INHERITED = (
+    "model",
+    "model_kwargs",
+    "num_classes",
+    "data",
+    "data_dir",
+    "subset",
+    "test_subset",
+    "image_size",
+    "seed",
+    "batch_size",
+    "eval_batch_size",
+)
 
 
 def prune_config(soft: bool, source: str | Path | None, model: str | None, overrides: dict[str, Any]):
@@ -49,8 +60,13 @@ def prune_config(soft: bool, source: str | Path | None, model: str | None, overr
             base.update({k: stored[k] for k in INHERITED})
         elif path.is_file():
             info = read_info(path)
-            base.update(model=info.arch, model_kwargs=info.model_kwargs, num_classes=info.num_classes,
-                        data=info.dataset or "fashion-mnist", seed=int(info.source.get("seed", 0)))
+            base.update(
+                model=info.arch,
+                model_kwargs=info.model_kwargs,
+                num_classes=info.num_classes,
+                data=info.dataset or "fashion-mnist",
+                seed=int(info.source.get("seed", 0)),
+            )
         else:
             raise CompactError(f"--from {source} does not exist")
         base["init_from"] = str(path)
@@ -127,8 +143,12 @@ def prune_job(
     overwrite: bool = False,
     progress: bool | None = None,
     log=print,
+    search: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Prune ``cfg``'s model to ``target`` with ``method`` and fine-tune it; returns the report."""
+    """Prune ``cfg``'s model to ``target`` with ``method`` and fine-tune it; returns the report.
+
+    ``search``: keyword arguments of :func:`search_ratios` (``tolerance``, ``steps``, ``refine``).
+    """
     from compact.data import load_data
     from compact.engine import train
     from compact.engine.trainer import RUN_FILES, build_network, data_options, resolve_device
@@ -160,22 +180,38 @@ def prune_job(
         ratios = pfec_ratios(source, cfg.model, target.recipe)
         settings = replace(settings, round_to=None)  # the recipe's channel counts are int(n * (1 - ratio))
     else:
-        ratios = search_ratios(source, size, spec, goal, settings).ratios
+        ratios = search_ratios(source, size, spec, goal, settings, **(search or {})).ratios
     search_s = time.perf_counter() - t0
-    log(f"{method}: pruning {len(ratios)} layers of {cfg.model} towards {goal or before.macs_conv_linear:,} MACs "
-        f"({search_s:.1f} s to find the ratios)")
+    log(
+        f"{method}: pruning {len(ratios)} layers of {cfg.model} towards {goal or before.macs_conv_linear:,} MACs "
+        f"({search_s:.1f} s to find the ratios)"
+    )
 
     report: dict[str, Any] = {
-        "method": method, "recipe": target.recipe, "source": cfg.init_from or f"{cfg.model} (initialisation)",
-        "settings": asdict(settings), "target_macs": goal, "ratios": ratios, "search_s": round(search_s, 2),
+        "method": method,
+        "recipe": target.recipe,
+        "source": cfg.init_from or f"{cfg.model} (initialisation)",
+        "settings": asdict(settings),
+        "target_macs": goal,
+        "ratios": ratios,
+        "search_s": round(search_s, 2),
         "before": {"params": before.params, "macs": before.macs, "macs_conv_linear": before.macs_conv_linear},
         "test_error_pct": {"source": _error(source, test_loader, device) if cfg.init_from else None},
         "finetune": finetune,
     }
     out.mkdir(parents=True, exist_ok=True)
-    info = ModelInfo(arch=cfg.model, num_classes=data.num_classes, in_chans=size[0], input_size=size,
-                     model_kwargs=dict(cfg.model_kwargs), mean=data.mean, std=data.std, classes=data.classes,
-                     dataset=data.name, source={"pruned_by": method, "seed": cfg.seed})
+    info = ModelInfo(
+        arch=cfg.model,
+        num_classes=data.num_classes,
+        in_chans=size[0],
+        input_size=size,
+        model_kwargs=dict(cfg.model_kwargs),
+        mean=data.mean,
+        std=data.std,
+        classes=data.classes,
+        dataset=data.name,
+        source={"pruned_by": method, "seed": cfg.seed},
+    )
     if spec.soft:
         # SFP: train (from the source) while zeroing filters every epoch; the engine removes them at the end
         run_cfg = replace(cfg, method="standard", soft_prune={"ratios": ratios, "round_to": settings.round_to})
@@ -221,8 +257,10 @@ def _write_report(out: Path, report: dict[str, Any], model_path: Path, test_load
     report["model"] = str(model_path)
     report["torch_pruning"] = _tp_version()
     write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
-    log(f"pruned model: {model_path} ({after.params:,} params, {after.macs_conv_linear:,} conv+linear MACs, "
-        f"-{100 * report['reduction']['macs_conv_linear']:.1f}%), test error {report['test_error_pct']['final']:.2f}%")
+    log(
+        f"pruned model: {model_path} ({after.params:,} params, {after.macs_conv_linear:,} conv+linear MACs, "
+        f"-{100 * report['reduction']['macs_conv_linear']:.1f}%), test error {report['test_error_pct']['final']:.2f}%"
+    )
     return report
 
 

@@ -21,8 +21,12 @@ from compact.prune.base import PRUNERS, PruneSettings, dependency_graph_for, pru
 
 # the parts of a group whose outputs are the removed channels: zeroing them makes those channels zero
 _OUT_FNS = {
-    tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels,
-    tp.prune_batchnorm_out_channels, tp.prune_groupnorm_out_channels, tp.prune_layernorm_out_channels,
+    tp.prune_conv_out_channels,
+    tp.prune_depthwise_conv_out_channels,
+    tp.prune_linear_out_channels,
+    tp.prune_batchnorm_out_channels,
+    tp.prune_groupnorm_out_channels,
+    tp.prune_layernorm_out_channels,
     tp.prune_instancenorm_out_channels,
 }
 

@@ -27,6 +27,8 @@ from compact.recipes.schema import Entry, Recipe
 
 SMOKE = {"subset": 32, "test_subset": 32, "batch_size": 16, "eval_batch_size": 32, "epochs": 1, "image_size": 32}
 SMOKE_PROFILE = {"batches": [1, 2], "rounds": 1, "repeats": 1}
+#: a smoke run checks that pruning runs, not that it lands on the target: a coarse, quick search
+SMOKE_SEARCH = {"steps": 3, "tolerance": 0.5, "refine": False}
 DONE = "done.json"
 
 
@@ -101,8 +103,13 @@ def run_recipe(
         t0 = time.perf_counter()
         runner = {"train": _train, "probe": _probe, "prune": _prune}[entry.kind]
         runner(recipe, entry, seed, out, settings, log)
-        status = {"entry": entry.name, "kind": entry.kind, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-                  "smoke": settings.smoke}
+        status = {
+            "entry": entry.name,
+            "kind": entry.kind,
+            "seed": seed,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "smoke": settings.smoke,
+        }
         write_text(folder / DONE, json.dumps(status, indent=2) + "\n")
         statuses.append(status)
         log(f"{head}: finished in {status['seconds']:.0f} s")
@@ -178,14 +185,29 @@ def _prune(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSett
         overrides.update({k: SMOKE[k] for k in ("batch_size", "eval_batch_size", "epochs")})
     cfg = prune_config(method.soft, source, None, overrides)
     target = Target(
-        macs=spec.get("target_macs"), ratio=spec.get("macs_ratio"), recipe=spec.get("recipe"),
+        macs=spec.get("target_macs"),
+        ratio=spec.get("macs_ratio"),
+        recipe=spec.get("recipe"),
         match=str(_match_file(out, recipe, spec["match"], seed)) if spec.get("match") else None,
     )
-    prune_settings = PruneSettings(allocation=spec.get("allocation", "uniform"),
-                                   max_layer_ratio=spec.get("max_layer_ratio", 0.9), round_to=spec.get("round_to", 8))
+    prune_settings = PruneSettings(
+        allocation=spec.get("allocation", "uniform"),
+        max_layer_ratio=spec.get("max_layer_ratio", 0.9),
+        round_to=spec.get("round_to", 8),
+    )
     resume = (folder / "plan.json").is_file()
-    prune_job(spec["method"], cfg, target, prune_settings, folder, resume=resume, overwrite=not resume,
-              progress=settings.progress, log=log)
+    prune_job(
+        spec["method"],
+        cfg,
+        target,
+        prune_settings,
+        folder,
+        resume=resume,
+        overwrite=not resume,
+        progress=settings.progress,
+        log=log,
+        search=SMOKE_SEARCH if settings.smoke else None,
+    )
 
 
 def model_files(out: Path, recipe: Recipe) -> list[Path]:
@@ -206,7 +228,13 @@ def _profile(recipe: Recipe, files: list[Path], settings: RunSettings) -> None:
 
     prof = {**recipe.profile, **(SMOKE_PROFILE if settings.smoke else {})}
     targets = [load_target(f) for f in files]
-    profiles = profile_models(targets, onnx=prof["onnx"], batches=prof["batches"], threads=prof["threads"],
-                              rounds=prof["rounds"], repeats=prof["repeats"])
-    for t, p in zip(targets, profiles):
+    profiles = profile_models(
+        targets,
+        onnx=prof["onnx"],
+        batches=prof["batches"],
+        threads=prof["threads"],
+        rounds=prof["rounds"],
+        repeats=prof["repeats"],
+    )
+    for t, p in zip(targets, profiles, strict=True):
         write_profile(p, t.profile_path)

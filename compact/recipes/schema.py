@@ -32,8 +32,18 @@ DATA_KEYS = {"name", "data_dir", "download", "subset", "test_subset", "image_siz
 PROFILE_KEYS = {"onnx", "batches", "rounds", "repeats", "threads"}
 KINDS = ("train", "probe", "prune")
 PROBE_KEYS = {"of", "exits_like", "exits", "exit_blocks", "exit_layers", "exit_nodes", "head"}
-PRUNE_KEYS = {"from", "method", "match", "macs_ratio", "target_macs", "recipe", "allocation", "max_layer_ratio",
-              "round_to", "finetune"}
+PRUNE_KEYS = {
+    "from",
+    "method",
+    "match",
+    "macs_ratio",
+    "target_macs",
+    "recipe",
+    "allocation",
+    "max_layer_ratio",
+    "round_to",
+    "finetune",
+}
 
 
 @dataclass
@@ -81,7 +91,9 @@ class Recipe:
             if state.get(e.name) == "done":
                 return
             if state.get(e.name) == "visiting":
-                raise CompactError(f"recipe {self.name}: entries refer to each other in a cycle: {' -> '.join(path + [e.name])}")
+                raise CompactError(
+                    f"recipe {self.name}: entries refer to each other in a cycle: {' -> '.join(path + [e.name])}"
+                )
             state[e.name] = "visiting"
             for ref in e.references():
                 visit(self.entry(ref), path + [e.name])
@@ -121,8 +133,14 @@ def parse_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
         raise CompactError(f"{where}: seeds must be a non-empty list of integers >= 0, got {seeds!r}")
     defaults = _mapping(raw.get("train_defaults"), f"{where}: train_defaults")
     _check_keys(defaults, set(TrainConfig.keys()) - {"model", "data", "method"}, f"{where}: train_defaults")
-    profile = {"onnx": True, "batches": [1, 64], "rounds": 10, "repeats": 3, "threads": None,
-               **_mapping(raw.get("profile"), f"{where}: profile")}
+    profile = {
+        "onnx": True,
+        "batches": [1, 64],
+        "rounds": 10,
+        "repeats": 3,
+        "threads": None,
+        **_mapping(raw.get("profile"), f"{where}: profile"),
+    }
     _check_keys(profile, PROFILE_KEYS, f"{where}: profile")
     if not isinstance(profile["batches"], list) or not all(isinstance(b, int) and b > 0 for b in profile["batches"]):
         raise CompactError(f"{where}: profile.batches must be a list of positive integers, got {profile['batches']!r}")
@@ -151,7 +169,9 @@ def parse_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     for e in entries:
         for ref in e.references():
             if ref not in names:
-                raise CompactError(f"{where}: entry {e.name!r} refers to unknown entry {ref!r}; entries: {', '.join(sorted(names))}")
+                raise CompactError(
+                    f"{where}: entry {e.name!r} refers to unknown entry {ref!r}; entries: {', '.join(sorted(names))}"
+                )
         if e.kind == "prune" and e.spec.get("match"):
             ref, _, which = str(e.spec["match"]).partition(":")
             if recipe.entry(ref).kind == "prune" and which not in ("", "final"):

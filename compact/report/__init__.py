@@ -1,0 +1,86 @@
+"""Reports from a recipe run's stored results: Table 3/4- and Table 6-style tables, Pareto plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from compact._atomic import write_text
+from compact.errors import CompactError
+from compact.report.collect import RunResults, collect
+from compact.report.plots import draw, pareto_data
+from compact.report.tables import comparison_table, exits_table
+
+
+def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict[str, Any]:
+    """Write the tables (Markdown, CSV, JSON), the Pareto plots (PNG, SVG) and their data into ``out``."""
+    run, out = Path(run), Path(out)
+    results: RunResults = collect(run)
+    if results.missing and not partial:
+        raise CompactError(
+            f"{run} is not complete ({len(results.missing)} missing, e.g. {results.missing[0]}); finish it with "
+            "compact run, or pass --partial for a report marked incomplete"
+        )
+    if not results.models:
+        raise CompactError(f"{run} has no finished models to report")
+    batches = sorted({int(k.split("/")[1]) for m in results.models for k in m.latency})
+    table, exits = comparison_table(results, batches), exits_table(results)
+    recipe = results.recipe
+    smoke = results.settings.get("smoke")
+    lines = [f"# {recipe.name}: compactness and accuracy", ""]
+    if results.missing:
+        lines += [f"**INCOMPLETE: {len(results.missing)} parts missing** ({'; '.join(results.missing[:5])}).", ""]
+    if smoke:
+        lines += ["**SMOKE RUN: one epoch on a few images per entry; the numbers mean nothing.**", ""]
+    if recipe.description:
+        lines += [recipe.description, ""]
+    lines += [
+        f"Data: {json.dumps(recipe.data)}; seeds: {recipe.seeds}; training defaults: "
+        f"{json.dumps(recipe.train_defaults)}.",
+        "",
+        "## Models compared (Tables 3-4 style)",
+        "",
+        table["markdown"],
+        "",
+    ]
+    if exits["markdown"]:
+        lines += ["## Error of every exit (Table 6 style)", "", exits["markdown"], ""]
+    lines += [
+        "## Pareto plots",
+        "",
+        "![error vs MACs](pareto_macs.png)",
+        "",
+        "![error vs latency](pareto_latency.png)",
+        "",
+    ]
+    markdown = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "report.md": markdown,
+        "table.csv": table["csv"],
+        "table.json": json.dumps(table["json"], indent=2) + "\n",
+        "exits.csv": exits["csv"],
+        "exits.json": json.dumps(exits["json"], indent=2) + "\n",
+    }
+    plots = {}
+    for axis in ("macs", "latency"):
+        data = pareto_data(results, axis)
+        plots[axis] = data
+        title = f"{recipe.name}" + (" (SMOKE RUN)" if smoke else "") + (" (INCOMPLETE)" if results.missing else "")
+        for path in draw(data, title, out / f"pareto_{axis}"):
+            files.setdefault(path.name, None)
+    files["pareto.json"] = json.dumps(plots, indent=2) + "\n"
+    for name, text in files.items():
+        if text is not None:
+            write_text(out / name, text)
+    return {
+        "dir": str(out),
+        "files": list(files),
+        "markdown": markdown,
+        "complete": not results.missing,
+        "plots": plots,
+    }
+
+
+__all__ = ["make_report"]

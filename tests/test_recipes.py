@@ -1,0 +1,186 @@
+"""Recipes, `compact run` and `compact report`: schema errors, the demo's smoke run with its tables and Pareto
+plots checked against the stored results, resuming, and the paper-setting recipes run on stand-in data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compact.cli import main
+from compact.errors import CompactError
+from compact.recipes import RunSettings, load_recipe, parse_recipe, run_recipe
+from compact.report import make_report
+
+from _helpers import fake_cifar10_py, needs_fmnist
+
+BASELINES = Path(__file__).resolve().parent.parent / "baselines"
+
+
+def _demo() -> dict:
+    return yaml.safe_load((BASELINES / "demo.yaml").read_text())
+
+
+def _with(change):
+    raw = _demo()
+    change(raw)
+    return raw
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.update(colour="blue"), "unknown key(s) colour"),
+        (lambda r: r["entries"][0]["train"].update(epochz=3), "unknown option(s) epochz"),
+        (lambda r: r["entries"][0]["train"].update(method="sgd"), "unknown backpropagation method 'sgd'"),
+        (lambda r: r["entries"][0]["train"].update(lr=-1), "lr must be a number > 0"),
+        (lambda r: r["entries"][4]["prune"].update({"from": "nowhere"}), "refers to unknown entry 'nowhere'"),
+        (lambda r: r["entries"][4]["prune"].update(method="taylor"), "unknown pruning method 'taylor'"),
+        (lambda r: r["entries"][4]["prune"].update(macs_ratio=0.5), "exactly one of match, macs_ratio"),
+        (lambda r: r["entries"].append(dict(r["entries"][0])), "defined twice"),
+        (lambda r: r.update(seeds=[]), "seeds must be a non-empty list"),
+        (lambda r: r["data"].update(colour=1), "data: unknown key(s) colour"),
+        (lambda r: r["entries"][2]["probe"].pop("of"), "probe needs 'of'"),
+    ],
+)
+def test_schema_errors_name_the_key(change, message):
+    with pytest.raises(CompactError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_recipe(_with(change), "demo.yaml")
+
+
+def test_cyclic_references_are_refused():
+    raw = _demo()
+    raw["entries"] = [
+        {"name": "a", "prune": {"from": "b", "method": "l1", "macs_ratio": 0.5}},
+        {"name": "b", "prune": {"from": "a", "method": "l1", "macs_ratio": 0.5}},
+    ]
+    with pytest.raises(CompactError, match="cycle: a -> b -> a"):
+        parse_recipe(raw, "demo.yaml")
+
+
+def test_recipe_files_missing_or_not_yaml(tmp_path, capsys):
+    with pytest.raises(CompactError, match="does not exist"):
+        load_recipe(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("entries: [unclosed\n")
+    assert main(["run", str(tmp_path / "bad.yaml")]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["demo", "fmnist-resnet", "cifar10-resnet", "imagenet-resnet"])
+def test_shipped_recipes_parse(name):
+    recipe = load_recipe(BASELINES / f"{name}.yaml")
+    assert recipe.name == name and recipe.ordered()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from compact.data import find_fashion_mnist
+
+    if find_fashion_mnist() is None:
+        pytest.skip("Fashion-MNIST not installed")
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["run", str(BASELINES / "demo.yaml"), "--smoke", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@needs_fmnist
+def test_demo_smoke_report_and_plots_show_the_runs_data(demo_run, tmp_path):
+    from PIL import Image
+
+    assert main(["report", str(demo_run), "--out", str(tmp_path / "report")]) == 0
+    report = tmp_path / "report"
+    for stem in ("pareto_macs", "pareto_latency"):
+        with Image.open(report / f"{stem}.png") as im:
+            im.verify()
+            assert im.size[0] > 400
+        ET.parse(report / f"{stem}.svg")  # well-formed SVG
+    md = (report / "report.md").read_text()
+    assert "SMOKE RUN" in md and "ResNet-32 pruned, SFP" in md and "Table 6 style" in md
+
+    # the data behind the MACs plot is the run's: errors from the runs, MACs from the stored profiles
+    plots = json.loads((report / "pareto.json").read_text())
+    series = {s["label"]: s for s in plots["macs"]["series"]}
+    mwbp = series["MW-BP ResNet-20"]
+    summary = json.loads((demo_run / "mwbp" / "seed0" / "summary.json").read_text())
+    assert mwbp["y"] == [o["test_error_pct"] for o in summary["outputs"]]
+    for k, x in enumerate(mwbp["x"]):
+        prof = json.loads((demo_run / "mwbp" / "seed0" / "exports" / f"output{k}.profile.json").read_text())
+        assert x == pytest.approx(prof["macs_conv_linear"] / 1e6)
+    pruned = json.loads((demo_run / "deep-l1" / "seed0" / "prune.json").read_text())
+    assert series["ResNet-32 pruned, L1"]["y"] == [pruned["test_error_pct"]["final"]]
+    assert plots["macs"]["front"], "a Pareto front is marked"
+    table = json.loads((report / "table.json").read_text())
+    assert {row["model"] for row in table} >= {
+        "MW-BP ResNet-20, exit 0",
+        "ResNet-32 pruned, FPGM",
+        "standard ResNet-32",
+    }
+
+
+@needs_fmnist
+def test_rerun_skips_finished_entries_and_refuses_another_recipe(demo_run, tmp_path):
+    lines = []
+    run_recipe(load_recipe(BASELINES / "demo.yaml"), demo_run, RunSettings(smoke=True), log=lines.append)
+    assert all("done before, skipped" in line for line in lines if line.startswith("["))
+    other = _demo()
+    other["seeds"] = [1]
+    with pytest.raises(CompactError, match="holds a run of recipe 'demo' with other contents"):
+        run_recipe(parse_recipe(other), demo_run, RunSettings(smoke=True))
+    # a run that is not finished is not reported as complete
+    partial = tmp_path / "partial"
+    shutil.copytree(demo_run, partial)
+    (partial / "deep-sfp" / "seed0" / "done.json").unlink()
+    with pytest.raises(CompactError, match="is not complete.*deep-sfp seed 0"):
+        make_report(partial, partial / "report")
+    result = make_report(partial, partial / "report", partial=True)
+    assert not result["complete"] and "INCOMPLETE" in (partial / "report" / "report.md").read_text()
+
+
+def test_cifar10_recipe_runs_with_smoke_on_stand_in_data(tmp_path):
+    fake_cifar10_py(tmp_path / "cifar", n=40)
+    out = tmp_path / "run"
+    argv = [
+        "run",
+        str(BASELINES / "cifar10-resnet.yaml"),
+        "--smoke",
+        "--data-dir",
+        str(tmp_path / "cifar"),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    assert main(["report", str(out)]) == 0
+    table = json.loads((out / "report" / "table.json").read_text())
+    assert "ResNet-110-B (PFEC recipe)" in {row["model"] for row in table}
+
+
+def test_imagenet_recipe_runs_with_smoke_on_a_stand_in_image_folder(tmp_path):
+    import torch
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "img" / split / c).mkdir(parents=True)
+            for i in range(8):
+                pixels = torch.randint(0, 256, (40, 40, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "img" / split / c / f"{i}.png")
+    out = tmp_path / "run"
+    argv = [
+        "run",
+        str(BASELINES / "imagenet-resnet.yaml"),
+        "--smoke",
+        "--data",
+        f"imagefolder:{tmp_path / 'img'}",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    assert main(["report", str(out)]) == 0
+    assert (out / "report" / "pareto_latency.svg").is_file()
