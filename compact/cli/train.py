@@ -149,6 +149,8 @@ def _cmd_train(args) -> int:
             f"{args.command} needs auxiliary exits: --exits N, --exit-blocks, --exit-layers or --exit-nodes"
         )
     summary = train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=args.progress)
+    if not summary:  # a process other than rank 0 of a distributed run: rank 0 reports
+        return 0
     _print_outputs(summary["outputs"])
     print(f"run folder: {out} (model.safetensors, metrics.csv)")
     print(f"export an exit with: compact export {out} --exit 0 --out FILE")

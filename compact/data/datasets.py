@@ -59,13 +59,18 @@ class Data:
     train_size: int
     test_size: int
     classes: list[str] | None = None
-    _make: Callable[[int, int, int], tuple] = field(default=None, repr=False)
+    _make: Callable[..., tuple] = field(default=None, repr=False)
 
-    def loaders(self, batch_size: int, seed: int, eval_batch_size: int | None = None) -> tuple:
-        """(train loader, test loader); both have ``set_epoch(e)`` and yield normalised (x, y) batches."""
+    def loaders(
+        self, batch_size: int, seed: int, eval_batch_size: int | None = None, shard: tuple[int, int] = (0, 1)
+    ) -> tuple:
+        """(train loader, test loader); both have ``set_epoch(e)`` and yield normalised (x, y) batches.
+
+        ``shard=(rank, world)``: this process's share of every (global) batch, for distributed training.
+        """
         if batch_size <= 0:
             raise CompactError(f"batch size must be > 0, got {batch_size}")
-        return self._make(batch_size, eval_batch_size or max(batch_size, 256), seed)
+        return self._make(batch_size, eval_batch_size or max(batch_size, 256), seed, shard)
 
 
 def _in_memory(
@@ -83,8 +88,8 @@ def _in_memory(
     if opts.test_subset:
         test = test.subset(opts.test_subset, opts.seed)
 
-    def make(batch_size: int, eval_batch_size: int, seed: int):
-        common = {"mean": mean, "std": std, "seed": seed}
+    def make(batch_size: int, eval_batch_size: int, seed: int, shard: tuple[int, int]):
+        common = {"mean": mean, "std": std, "seed": seed, "shard": shard}
         return (
             InMemoryLoader(train, batch_size, train=True, pad=pad, flip=flip, **common),
             InMemoryLoader(test, eval_batch_size, train=False, **common),
@@ -141,10 +146,11 @@ def _image_folder(root: str, opts: DataOptions, in_chans: int) -> Data:
 
     train_ds, test_ds = subset(train, opts.subset), subset(test, opts.test_subset)
 
-    def make(batch_size: int, eval_batch_size: int, seed: int):
+    def make(batch_size: int, eval_batch_size: int, seed: int, shard: tuple[int, int]):
+        common = {"workers": opts.workers, "seed": seed, "shard": shard}
         return (
-            FolderLoader(train_ds, batch_size, train=True, workers=opts.workers, seed=seed),
-            FolderLoader(test_ds, eval_batch_size, train=False, workers=opts.workers, seed=seed),
+            FolderLoader(train_ds, batch_size, train=True, **common),
+            FolderLoader(test_ds, eval_batch_size, train=False, **common),
         )
 
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ([0.5] * in_chans, [0.5] * in_chans)

@@ -57,9 +57,12 @@ def image_folder(root: str | Path, split: str, size: int, train: bool, in_chans:
 class FolderLoader:
     """A DataLoader over an image folder whose shuffling is seeded per epoch (call :meth:`set_epoch`)."""
 
-    def __init__(self, dataset, batch_size: int, *, train: bool, workers: int, seed: int = 0) -> None:
+    def __init__(
+        self, dataset, batch_size: int, *, train: bool, workers: int, seed: int = 0, shard: tuple[int, int] = (0, 1)
+    ) -> None:
         if batch_size <= 0:
             raise CompactError(f"batch size must be > 0, got {batch_size}")
+        self.shard = shard
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         self.workers, self.seed, self.epoch = workers, seed, 0
 
@@ -67,14 +70,25 @@ class FolderLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return (len(self.dataset) + self.batch_size - 1) // self.batch_size
+        rank, world = self.shard
+        per_process = (len(self.dataset) + world - 1) // world
+        local = max(1, self.batch_size // world)
+        return (per_process + local - 1) // local
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        rank, world = self.shard
+        sampler = None
+        if world > 1:  # torch's DistributedSampler: a seeded per-epoch permutation, one share per process
+            sampler = torch.utils.data.DistributedSampler(
+                self.dataset, num_replicas=world, rank=rank, shuffle=self.train, seed=self.seed
+            )
+            sampler.set_epoch(self.epoch)
         loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            shuffle=self.train,
+            batch_size=self.batch_size // world if world > 1 else self.batch_size,
+            sampler=sampler,
+            shuffle=self.train and sampler is None,
             num_workers=self.workers,
             generator=g,
             persistent_workers=False,

@@ -73,7 +73,9 @@ class InMemoryLoader:
     """Iterates (float images, labels) batches of an :class:`ArrayDataset`.
 
     The order and the augmentation of epoch ``e`` depend only on ``(seed, e)``, so a resumed run sees the
-    same batches as an uninterrupted one; call :meth:`set_epoch` before iterating.
+    same batches as an uninterrupted one; call :meth:`set_epoch` before iterating. ``shard=(rank, world)``:
+    each of ``world`` processes gets its contiguous share of every batch (``batch_size`` is the global
+    batch), so together they see exactly the batches of a single process.
     """
 
     def __init__(
@@ -87,9 +89,11 @@ class InMemoryLoader:
         pad: int = 0,
         flip: bool = False,
         seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size <= 0:
             raise CompactError(f"batch size must be > 0, got {batch_size}")
+        self.shard = shard
         self.data, self.batch_size, self.train = data, batch_size, train
         self.pad, self.flip, self.seed = pad, flip, seed
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
@@ -111,4 +115,8 @@ class InMemoryLoader:
             x = self.data.images[idx].float().div_(255.0)
             if self.train and (self.pad or self.flip):
                 x = random_crop_flip(x, self.pad, self.flip, g)
-            yield (x - self.mean) / self.std, self.data.labels[idx]
+            y = self.data.labels[idx]
+            rank, world = self.shard
+            if world > 1:  # every process augments the global batch alike and keeps its share
+                x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
+            yield (x - self.mean) / self.std, y

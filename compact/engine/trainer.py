@@ -17,6 +17,7 @@ one.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -34,6 +35,15 @@ from compact._malloc import tune_cpu_allocator
 from compact.data import Data, DataOptions, load_data
 from compact.engine.checkpoint import check_identity, load_checkpoint, save_checkpoint
 from compact.engine.config import TrainConfig, read_yaml
+from compact.engine.distributed import (
+    Dist,
+    average_buffers,
+    average_gradients,
+    barrier,
+    check_batch,
+    from_env,
+    sum_across,
+)
 from compact.engine.metrics import MetricsLog
 from compact.errors import CompactError
 from compact.exits import LossWeighting, MultiExitNet, attach_exits
@@ -132,7 +142,7 @@ def source_backbone(source: str | Path) -> tuple[torch.nn.Module, Any]:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, loader, device: torch.device, outputs: list[bool] | None = None
+    model: torch.nn.Module, loader, device: torch.device, outputs: list[bool] | None = None, d: Dist | None = None
 ) -> tuple[list[float | None], list[float | None]]:
     """(mean cross-entropy, top-1 error %) of every output of ``model`` on ``loader``.
 
@@ -155,6 +165,10 @@ def evaluate(
             wrong[i] += (logits.argmax(1) != y).sum().item()
         seen += len(y)
     model.train(was_training)
+    if d is not None and d.enabled:  # every process evaluated its share of each batch
+        k = len(loss_sum)
+        totals = sum_across([*loss_sum, *wrong, seen], d)
+        loss_sum, wrong, seen = totals[:k], totals[k : 2 * k], int(totals[-1])
     if seen == 0:
         raise CompactError("the test set is empty")
     k = len(loss_sum)
@@ -171,9 +185,16 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def train_epoch(
-    method: BPMethod, loader, device: torch.device, epoch: int, desc: str = "", progress: bool = False
+    method: BPMethod,
+    loader,
+    device: torch.device,
+    epoch: int,
+    desc: str = "",
+    progress: bool = False,
+    d: Dist | None = None,
 ) -> dict[str, Any]:
-    """One epoch of ``method`` over ``loader``: per-output train loss and error, throughput, data wait."""
+    """One epoch of ``method`` over ``loader``: per-output train loss and error, throughput, data wait
+    (summed over processes when distributed)."""
     net = method.net
     net.train()
     loader.set_epoch(epoch)
@@ -204,6 +225,10 @@ def train_epoch(
                 bar.set_postfix_str(f"loss {loss_sum[-1] / seen:.3f} err% {errs}", refresh=False)
                 bar.update()
     elapsed = time.perf_counter() - start
+    if d is not None and d.enabled:
+        totals = sum_across([*loss_sum, *wrong, seen, *map(float, computed)], d)
+        loss_sum, wrong, seen = totals[:k], totals[k : 2 * k], int(totals[2 * k])
+        computed = [c > 0 for c in totals[2 * k + 1 :]]
     return {
         "train_loss": [loss_sum[i] / seen if computed[i] else None for i in range(k)],
         "train_error_pct": [100.0 * wrong[i] / seen if computed[i] else None for i in range(k)],
@@ -263,12 +288,15 @@ def train(
     is called with each epoch's record after its checkpoint is written.
     """
     out = Path(out)
-    log = log or (lambda _msg: None)
-    progress = sys.stderr.isatty() if progress is None else progress
-    _prepare_folder(out, resume, overwrite)
+    device = resolve_device(cfg.device)
+    d = from_env(device)  # torchrun: one process per rank; only rank 0 writes files, logs and progress
+    check_batch(cfg.batch_size, d)
+    log = (log if d.is_main else None) or (lambda _msg: None)
+    progress = (sys.stderr.isatty() if progress is None else progress) and d.is_main
+    if d.is_main:
+        _prepare_folder(out, resume, overwrite)
     if resume:
         _check_resume_config(out, cfg)
-    device = resolve_device(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()  # reuse freed feature-map memory instead of page-faulting it back every step
     data = load_data(data_options(cfg))
@@ -278,7 +306,9 @@ def train(
     net.to(device)
     sgd = SGDConfig(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     method = create_method(cfg.method, net, sgd, weighting, **cfg.method_options)
-    train_loader, test_loader = data.loaders(cfg.batch_size, cfg.seed, cfg.eval_batch_size)
+    if d.enabled:
+        method.grad_sync = functools.partial(average_gradients, d=d)
+    train_loader, test_loader = data.loaders(cfg.batch_size, cfg.seed, cfg.eval_batch_size, shard=(d.rank, d.world))
     ident = identity(cfg, net, data)
     info = model_info(cfg, net, data, out)
     info.attrs = structure_attrs(net, info)  # a pruned source differs from a fresh build
@@ -300,18 +330,20 @@ def train(
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         history, start_epoch = list(state["history"]), int(state["epoch"])
         log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
-    elif not resume:
+    elif not resume and d.is_main:
         _clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / CONFIG, cfg.to_yaml())
+    barrier(d)
 
     log(
         f"{cfg.model} on {data.name} ({data.train_size} train / {data.test_size} test images), "
         f"{net.num_outputs} outputs at layers {net.depths}, method {cfg.method}, device {device}"
     )
-    metrics = MetricsLog(out, net.num_outputs, first_epoch=start_epoch)
-    # files agree with the checkpoint even if the last run stopped between the two; TensorBoard has it already
-    metrics.write(history, tensorboard=False)
+    metrics = MetricsLog(out, net.num_outputs, first_epoch=start_epoch) if d.is_main else None
+    if metrics is not None:
+        # files agree with the checkpoint even if the last run stopped between them; TensorBoard has it already
+        metrics.write(history, tensorboard=False)
     trained = [method.trains_output(i, net.num_outputs) for i in range(net.num_outputs)]
     milestones = cfg.milestone_epochs()
     try:
@@ -321,14 +353,15 @@ def train(
                 method.on_lr_decay()
             desc = f"epoch {epoch + 1}/{cfg.epochs}"
             try:
-                record = train_epoch(method, train_loader, device, epoch, desc, progress)
+                record = train_epoch(method, train_loader, device, epoch, desc, progress, d)
             except TrainingDiverged as exc:
                 kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
                 raise TrainingDiverged(f"{exc}; training stopped, {kept} in {out}; try a lower --lr") from None
             t = time.perf_counter()
+            average_buffers(net, d)  # one set of BatchNorm statistics for evaluation and the checkpoint
             if soft is not None:
                 soft.zero(net.backbone)  # SFP: the zeroed filters keep training in the next epoch
-            test_loss, test_err = evaluate(net, test_loader, device, trained)
+            test_loss, test_err = evaluate(net, test_loader, device, trained, d)
             record = {
                 "epoch": epoch + 1,
                 "lr": method.lr,
@@ -340,6 +373,8 @@ def train(
                 "epoch_time_s": record["train_time_s"] + time.perf_counter() - t,
             }
             history.append(record)
+            if not d.is_main:
+                continue
             rng = {"torch": torch.get_rng_state()}
             if device.type == "cuda":
                 rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -362,11 +397,14 @@ def train(
             if on_epoch_end is not None:
                 on_epoch_end(record)
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     if soft is not None:
         soft.finalize(net.backbone)  # remove exactly the filters zeroed last
         net.__dict__["_extractors"].clear()
-    return _finish(cfg, out, net, info, history)
+    summary = _finish(cfg, out, net, info, history) if d.is_main else {}
+    barrier(d)
+    return summary
 
 
 def _soft_pruning(cfg: TrainConfig, data: Data):

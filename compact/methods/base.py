@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -81,6 +82,9 @@ class BPMethod(ABC):
                 f"loss weighting has {len(self.weighting.depths)} outputs but the network has {net.num_outputs}"
             )
         self.criterion = nn.CrossEntropyLoss()
+        #: called with the parameters of an update after its backward, before its step (distributed
+        #: training averages their gradients across processes here; see compact.engine.distributed)
+        self.grad_sync: Callable[[list[nn.Parameter]], None] | None = None
         self.lr = float(self.sgd.lr)
         self.optimizers: list[torch.optim.Optimizer] = self._build_optimizers()
 
@@ -108,6 +112,12 @@ class BPMethod(ABC):
         return torch.optim.SGD(
             groups, lr=self.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
         )
+
+    def _apply_update(self, opt: torch.optim.Optimizer) -> None:
+        """Step ``opt`` after the gradients of its parameters are synchronised (when distributed)."""
+        if self.grad_sync is not None:
+            self.grad_sync([p for g in opt.param_groups for p in g["params"]])
+        opt.step()
 
     def _lr_scale(self, optimizer_index: int, group: dict) -> float:
         """Factor applied to the base learning rate for one parameter group (1 unless a method says)."""

@@ -21,5 +21,5 @@ class JointBP(BPMethod):
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         total.backward()
-        opt.step()
+        self._apply_update(opt)
         return StepOutput([loss.item() for loss in losses], [o.detach() for o in outs])

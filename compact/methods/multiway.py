@@ -86,7 +86,7 @@ class MultiWayBP(BPMethod):
             for p in scaled:
                 if p.grad is not None:
                     p.grad.mul_(gamma)
-        opt.step()
+        self._apply_update(opt)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         if torch.compiler.is_compiling():

@@ -35,7 +35,7 @@ class ProbeHeads(BPMethod):
         opt.zero_grad(set_to_none=True)
         if losses:
             torch.stack(losses).sum().backward()
-            opt.step()
+            self._apply_update(opt)
         final = feats[net.final_node]
         return StepOutput(
             [loss.item() for loss in losses] + [self.criterion(final, y).item()],

@@ -42,5 +42,5 @@ class RelayBP(BPMethod):
         last = len(losses) - 1
         for i, loss in enumerate(losses):
             torch.autograd.backward(gammas[i] * loss, inputs=self._reach[i], retain_graph=i < last)
-        opt.step()
+        self._apply_update(opt)
         return StepOutput([loss.item() for loss in losses], [o.detach() for o in outs])

@@ -24,6 +24,6 @@ class StandardBP(BPMethod):
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        self._apply_update(opt)
         k = self.net.num_outputs - 1
         return StepOutput([None] * k + [loss.item()], [None] * k + [out.detach()])

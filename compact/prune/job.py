@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from compact._atomic import write_text
+from compact.engine.distributed import barrier, from_env
 from compact.errors import CompactError
 from compact.profile import count
 from compact.prune.base import PRUNERS, PruneSettings, parse_macs, prune_layers, search_ratios
@@ -167,6 +168,7 @@ def prune_job(
         raise CompactError(f"{out} holds a pruning job ({', '.join(present)}); pass --resume or --overwrite")
 
     device = resolve_device(cfg.device)
+    d = from_env(device)  # under torchrun every process prunes alike (deterministic); rank 0 writes
     data = load_data(data_options(cfg))
     net, _ = build_network(replace(cfg, exits=None, exit_blocks=None, exit_layers=None, exit_nodes=None), data)
     source = net.backbone.eval()
@@ -199,7 +201,8 @@ def prune_job(
         "test_error_pct": {"source": _error(source, test_loader, device) if cfg.init_from else None},
         "finetune": finetune,
     }
-    out.mkdir(parents=True, exist_ok=True)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     info = ModelInfo(
         arch=cfg.model,
         num_classes=data.num_classes,
@@ -219,13 +222,16 @@ def prune_job(
     else:
         pruned = prune_layers(copy.deepcopy(source), size, spec, ratios, settings)
         report["test_error_pct"]["pruned"] = _error(pruned, test_loader, device)
-        save_model(pruned.cpu(), out / PRUNED_INIT, replace(info, source={**info.source, "finetuned": False}))
+        if d.is_main:
+            save_model(pruned.cpu(), out / PRUNED_INIT, replace(info, source={**info.source, "finetuned": False}))
+        barrier(d)
         run_cfg = replace(cfg, method="standard", init_from=str(out / PRUNED_INIT))
-    write_text(out / PLAN, json.dumps({"report": report, "config": run_cfg.to_dict()}, indent=2) + "\n")
+    if d.is_main:
+        write_text(out / PLAN, json.dumps({"report": report, "config": run_cfg.to_dict()}, indent=2) + "\n")
     if not finetune and not spec.soft:
-        return _write_report(out, report, out / PRUNED_INIT, test_loader, device, log)
+        return _write_report(out, report, out / PRUNED_INIT, test_loader, device, log) if d.is_main else {}
     train(run_cfg, out, overwrite=True, progress=progress, log=log)
-    return _finish_run(out, report, log)
+    return _finish_run(out, report, log) if d.is_main else {}
 
 
 def _finish_run(out: Path, report: dict[str, Any], log) -> dict[str, Any]:

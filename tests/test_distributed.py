@@ -1,0 +1,101 @@
+"""Distributed training (torch.distributed, gloo on the CPU): two processes equal one process on the
+concatenated batch for MW-BP, Joint and standard BP; torchrun runs the command line end to end.
+
+The equality test uses a network without BatchNorm: on the CPU BatchNorm statistics are per process (PyTorch's
+SyncBatchNorm needs CUDA), which is the one documented difference from a single process."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from _helpers import needs_fmnist
+from torch import nn
+
+from compact.exits import attach_exits
+from compact.methods import SGDConfig, create_method
+
+STEPS, BATCH = 3, 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _setup(method: str):
+    torch.manual_seed(0)
+    backbone = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    )  # fmt: skip
+    net = attach_exits(backbone, nodes=["1", "3"], head="gap-fc", input_size=(1, 8, 8)).double().train()
+    m = create_method(method, net, SGDConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4))
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(BATCH, 1, 8, 8, generator=g).double(), torch.randint(0, 5, (BATCH,), generator=g))
+            for _ in range(STEPS)]  # fmt: skip
+    return net, m, data
+
+
+def _worker(rank: int, world: int, port: int, method: str, out: str) -> None:
+    from compact.engine.distributed import average_gradients, from_env
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    d = from_env(torch.device("cpu"))
+    net, m, data = _setup(method)
+    m.grad_sync = functools.partial(average_gradients, d=d)
+    for x, y in data:
+        m.step(x.tensor_split(world)[rank], y.tensor_split(world)[rank])
+    torch.save(net.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["mwbp", "joint", "standard"])
+def test_two_processes_equal_one_process_on_the_concatenated_batch(method, tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), method, str(tmp_path)), nprocs=2, join=True)
+    net, m, data = _setup(method)
+    for x, y in data:
+        m.step(x, y)
+    expected = net.state_dict()
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for k in expected:
+            assert torch.allclose(got[k], expected[k], rtol=0, atol=1e-12), (method, rank, k)
+    before = _setup(method)[0].state_dict()
+    assert any(not torch.equal(before[k], expected[k]) for k in expected)  # the steps did change the weights
+
+
+def _torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "compact"]
+    return subprocess.run(cmd + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@needs_fmnist
+def test_torchrun_trains_mwbp_end_to_end(tmp_path):
+    from compact.data import DataOptions, load_data
+    from compact.engine import evaluate, open_run
+
+    run = tmp_path / "run"
+    common = ["--model", "cifar_resnet20", "--exits", "2", "--subset", "64", "--test-subset", "50",
+              "--epochs", "1", "--no-progress"]  # fmt: skip
+    done = _torchrun(["train-mwbp", *common, "--batch-size", "32", "--out", str(run)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("epoch 1/1") == 1  # only rank 0 logs
+    net, _ = open_run(run).network()
+    history = open_run(run).history()
+    # the test error the two processes reduced equals a single-process evaluation of the saved network
+    data = load_data(DataOptions(subset=64, test_subset=50))
+    _, test_loader = data.loaders(32, 0, 32)
+    assert evaluate(net, test_loader, torch.device("cpu"))[1] == history[-1]["test_error_pct"]
+
+    bad = _torchrun(["train-mwbp", *common, "--batch-size", "33", "--out", str(tmp_path / "bad")], tmp_path)
+    assert bad.returncode != 0 and "batch size 33 is not divisible by the 2 processes" in bad.stderr
