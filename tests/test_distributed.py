@@ -15,11 +15,12 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-from _helpers import needs_fmnist
 from torch import nn
 
 from compact.exits import attach_exits
 from compact.methods import SGDConfig, create_method
+
+from _helpers import needs_fmnist
 
 STEPS, BATCH = 3, 8
 
