@@ -100,3 +100,29 @@ def test_torchrun_trains_mwbp_end_to_end(tmp_path):
 
     bad = _torchrun(["train-mwbp", *common, "--batch-size", "33", "--out", str(tmp_path / "bad")], tmp_path)
     assert bad.returncode != 0 and "batch size 33 is not divisible by the 2 processes" in bad.stderr
+
+
+class _Stop(Exception):
+    pass
+
+
+@needs_fmnist
+def test_a_run_resumes_under_torchrun_from_its_checkpoint(tmp_path):
+    from compact.engine import TrainConfig, open_run, train
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(model="cifar_resnet20", method="mwbp", exits=2, subset=64, test_subset=32, batch_size=32,
+                      epochs=2, lr_milestones=[0.9])  # fmt: skip
+
+    def stop(record):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        train(cfg, run, progress=False, log=None, on_epoch_end=stop)
+    first = open_run(run).history()
+    done = _torchrun(["train", "--resume", str(run), "--no-progress"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stdout and done.stdout.count("resuming") == 1
+    history = open_run(run).history()
+    assert [r["epoch"] for r in history] == [1, 2] and history[0] == first[0]
+    assert (run / "model.safetensors").is_file()
