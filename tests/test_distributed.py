@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -126,3 +127,33 @@ def test_a_run_resumes_under_torchrun_from_its_checkpoint(tmp_path):
     history = open_run(run).history()
     assert [r["epoch"] for r in history] == [1, 2] and history[0] == first[0]
     assert (run / "model.safetensors").is_file()
+
+
+def _dying_worker(rank: int, world: int, port: int, out: str) -> None:
+    from compact.engine.distributed import average_gradients, from_env
+    from compact.errors import CompactError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      COMPACT_DIST_TIMEOUT="20")  # fmt: skip
+    d = from_env(torch.device("cpu"))
+    if rank == 1:
+        os._exit(0)  # a process that dies without a word
+    p = nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    start = time.monotonic()
+    try:
+        average_gradients([p], d)
+        message = "no error"
+    except CompactError as exc:
+        message = str(exc)
+    with open(os.path.join(out, "rank0.txt"), "w") as f:
+        f.write(f"{time.monotonic() - start:.1f}\n{message}")
+
+
+def test_a_dead_process_stops_the_others_with_a_clear_error(tmp_path):
+    context = mp.spawn(_dying_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
+    while not context.join():
+        pass
+    seconds, message = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    assert "process 0: lost the other processes during a gradient all-reduce" in message
+    assert float(seconds) < 60
