@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from compact.cli.train import S, _config_values, _key_value, add_data_args, add_schedule_args
+from compact.cli.train import _config_values, add_data_args, add_model_kwargs_arg, add_schedule_args
 
 
 def _add_prune(sub) -> None:
@@ -29,15 +29,7 @@ def _add_prune(sub) -> None:
     g.add_argument("--max-layer-ratio", type=float, default=0.9, help="at most this fraction of a layer (0.9)")
     g.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of N (8; 1 = off)")
     p.add_argument("--no-finetune", action="store_true", help="l1/fpgm: stop after pruning")
-    p.add_argument(
-        "--model-arg",
-        dest="model_kwargs",
-        type=_key_value,
-        action="append",
-        default=S,
-        metavar="KEY=VALUE",
-        help="extra model constructor argument (with --model), e.g. shortcut=B",
-    )
+    add_model_kwargs_arg(p, " (with --model)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (a run folder plus the pruned model)")
     p.add_argument("--resume", action="store_true", help="continue the job in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a job found in --out")

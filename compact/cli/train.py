@@ -40,6 +40,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=S, help="auto (default: CUDA when available), cpu, cuda, cuda:N")
 
 
+def add_model_kwargs_arg(p: argparse.ArgumentParser, note: str = "") -> None:
+    """``--model-arg KEY=VALUE`` (repeatable): extra model constructor arguments."""
+    p.add_argument("--model-arg", dest="model_kwargs", type=_key_value, action="append", default=S,
+                   metavar="KEY=VALUE", help=f"extra model constructor argument{note}, e.g. shortcut=B")  # fmt: skip
+
+
 def add_schedule_args(p: argparse.ArgumentParser, epochs_default: int = 400) -> None:
     """Training-set size and the SGD schedule (left-out options come from the config or the defaults)."""
     g = p.add_argument_group("schedule (defaults: the paper's)")
@@ -89,15 +95,7 @@ def _add_training(sub, name: str, help_text: str, fixed_method: str | None) -> N
         help="method option, e.g. c=2 (relay) or lr_scaling=authors (MW-BP)",
     )
     add_model_args(p, training=True)
-    p.add_argument(
-        "--model-arg",
-        dest="model_kwargs",
-        type=_key_value,
-        action="append",
-        default=S,
-        metavar="KEY=VALUE",
-        help="extra model constructor argument, e.g. shortcut=B",
-    )
+    add_model_kwargs_arg(p)
     p.add_argument(
         "--init-from",
         default=S,
