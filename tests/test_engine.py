@@ -99,11 +99,11 @@ def test_standard_bp_reports_only_the_final_output(tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     original = trainer_module.train_epoch
 
-    def poisoned(method, loader, device, epoch, desc="", progress=False):
+    def poisoned(method, loader, device, epoch, *args):
         if epoch == 1:
             with torch.no_grad():
                 method.net.backbone.fc.weight.fill_(float("nan"))
-        return original(method, loader, device, epoch, desc, progress)
+        return original(method, loader, device, epoch, *args)
 
     monkeypatch.setattr(trainer_module, "train_epoch", poisoned)
     cfg = TrainConfig(**TINY, method="joint", epochs=3)

@@ -25,6 +25,7 @@ from compact._atomic import write_text
 from compact.errors import CompactError
 from compact.recipes.schema import Entry, Recipe
 
+#: a smoke run: the first seed only, one epoch on a few images per entry
 SMOKE = {"subset": 32, "test_subset": 32, "batch_size": 16, "eval_batch_size": 32, "epochs": 1, "image_size": 32}
 SMOKE_PROFILE = {"batches": [1, 2], "rounds": 1, "repeats": 1}
 #: a smoke run checks that pruning runs, not that it lands on the target: a coarse, quick search
@@ -41,6 +42,11 @@ class RunSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"smoke": self.smoke, "data": self.data, "data_dir": self.data_dir}
+
+
+def seeds_of(recipe: Recipe, smoke: bool) -> list[int]:
+    """The seeds a run uses: all of the recipe's, or only the first in a smoke run."""
+    return recipe.seeds[:1] if smoke else list(recipe.seeds)
 
 
 def entry_dir(out: Path, entry: str, seed: int) -> Path:
@@ -90,7 +96,7 @@ def run_recipe(
     out.mkdir(parents=True, exist_ok=True)
     check_output(out, recipe, settings)
     order = recipe.ordered()
-    jobs = [(seed, e) for seed in recipe.seeds for e in order]
+    jobs = [(seed, e) for seed in seeds_of(recipe, settings.smoke) for e in order]
     statuses = []
     for n, (seed, entry) in enumerate(jobs, 1):
         folder = entry_dir(out, entry.name, seed)
@@ -113,7 +119,7 @@ def run_recipe(
         write_text(folder / DONE, json.dumps(status, indent=2) + "\n")
         statuses.append(status)
         log(f"{head}: finished in {status['seconds']:.0f} s")
-    files = model_files(out, recipe)
+    files = model_files(out, recipe, settings.smoke)
     todo = [f for f in files if not f.with_name(f.name.removesuffix(".safetensors") + ".profile.json").is_file()]
     if todo:
         log(f"profiling {len(todo)} models in one interleaved session ...")
@@ -210,10 +216,10 @@ def _prune(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSett
     )
 
 
-def model_files(out: Path, recipe: Recipe) -> list[Path]:
+def model_files(out: Path, recipe: Recipe, smoke: bool = False) -> list[Path]:
     """Every model the run produced: each output of trained and probed networks, each pruned model."""
     files = []
-    for seed in recipe.seeds:
+    for seed in seeds_of(recipe, smoke):
         for entry in recipe.entries:
             folder = entry_dir(out, entry.name, seed)
             if entry.kind == "prune":

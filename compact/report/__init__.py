@@ -36,7 +36,7 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
     if recipe.description:
         lines += [recipe.description, ""]
     lines += [
-        f"Data: {json.dumps(recipe.data)}; seeds: {recipe.seeds}; training defaults: "
+        f"Data: {json.dumps(recipe.data)}; seeds: {results.seeds}; training defaults: "
         f"{json.dumps(recipe.train_defaults)}.",
         "",
         "## Models compared (Tables 3-4 style)",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compact.errors import CompactError
-from compact.recipes.runner import DONE, entry_dir
+from compact.recipes.runner import DONE, entry_dir, seeds_of
 from compact.recipes.schema import Recipe, parse_recipe
 
 #: methods whose exits are trained by the method itself and belong in the Table 3-style comparison
@@ -77,6 +77,7 @@ class RunResults:
     settings: dict[str, Any]
     models: list[Model]
     missing: list[str]
+    seeds: list[int]
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -105,8 +106,9 @@ def collect(run: Path) -> RunResults:
     recipe = parse_recipe(stamp["recipe"], str(run / "recipe.json"))
     models: dict[tuple[str, int | None], Model] = {}
     missing: list[str] = []
+    seeds = seeds_of(recipe, bool(stamp.get("settings", {}).get("smoke")))
     for entry in recipe.entries:
-        for seed in recipe.seeds:
+        for seed in seeds:
             folder = entry_dir(run, entry.name, seed)
             if not (folder / DONE).is_file():
                 missing.append(f"{entry.name} seed {seed} (not finished)")
@@ -131,4 +133,4 @@ def collect(run: Path) -> RunResults:
                 )
                 m.errors.append(row["test_error_pct"])
                 _add_profile(m, folder / "exports" / f"output{k}.profile.json", missing)
-    return RunResults(recipe, stamp.get("settings", {}), list(models.values()), missing)
+    return RunResults(recipe, stamp.get("settings", {}), list(models.values()), missing, seeds)

@@ -60,7 +60,7 @@ def comparison_table(results: RunResults, batches: list[int]) -> dict[str, Any]:
     """Markdown, CSV and JSON of the Table 3-style comparison."""
     models = comparison_models(results)
     rows = _rows(models, batches)
-    seeds = len(results.recipe.seeds)
+    seeds = len(results.seeds)
     md = ["| | " + " | ".join(m.name for m in models) + " |", "|---|" + "---|" * len(models)]
     md += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
     md.append("")
