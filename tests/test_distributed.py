@@ -7,6 +7,7 @@ SyncBatchNorm needs CUDA), which is the one documented difference from a single 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import socket
 import subprocess
@@ -157,3 +158,19 @@ def test_a_dead_process_stops_the_others_with_a_clear_error(tmp_path):
     seconds, message = (tmp_path / "rank0.txt").read_text().split("\n", 1)
     assert "process 0: lost the other processes during a gradient all-reduce" in message
     assert float(seconds) < 60
+
+
+@needs_fmnist
+def test_torchrun_prunes_and_fine_tunes(tmp_path):
+    from compact.engine import TrainConfig, train
+
+    source = tmp_path / "source"
+    cfg = TrainConfig(model="cifar_resnet20", subset=64, test_subset=32, batch_size=32, epochs=1)
+    train(cfg, source, progress=False, log=None)
+    out = tmp_path / "pruned"
+    args = ["prune", "--method", "l1", "--from", str(source), "--macs-ratio", "0.5", "--epochs", "1",
+            "--batch-size", "32", "--no-progress", "--out", str(out)]  # fmt: skip
+    done = _torchrun(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "prune.json").read_text())
+    assert abs(report["target_deviation"]) <= 0.03 and (out / "pruned.safetensors").is_file()
