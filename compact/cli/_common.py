@@ -28,6 +28,33 @@ def _size(text: str) -> tuple[int, ...]:
     return size
 
 
+def add_placement_args(g, default) -> None:
+    """The four ways to place exits (use one): a count, block numbers, layer depths, or node names."""
+    g.add_argument(
+        "--exits",
+        type=int,
+        default=default,
+        metavar="N",
+        help="number of outputs, final included, spread evenly over the blocks (paper Sec. 4.1.2)",
+    )
+    g.add_argument(
+        "--exit-blocks",
+        type=_int_list,
+        default=default,
+        metavar="B1,B2,..",
+        help="1-based block numbers to attach auxiliary exits after",
+    )
+    g.add_argument(
+        "--exit-layers",
+        type=_int_list,
+        default=default,
+        metavar="L1,L2,..",
+        help="depths in weighted layers where blocks end (e.g. 15,25,35,45 for cifar_resnet56)",
+    )
+    g.add_argument("--exit-nodes", type=_str_list, default=default, metavar="N1,N2,..",
+                   help="module or FX graph-node names, for models whose blocks are not discovered")  # fmt: skip
+
+
 def add_model_args(p: argparse.ArgumentParser, training: bool = False) -> None:
     """Options that build a model and place its exits (shared by every command that builds one).
 
@@ -50,34 +77,7 @@ def add_model_args(p: argparse.ArgumentParser, training: bool = False) -> None:
     )
     if not training:
         g.add_argument("--input-size", type=_size, default=(3, 32, 32), metavar="C,H,W")
-    g.add_argument(
-        "--exits",
-        type=int,
-        default=d(None),
-        metavar="N",
-        help="number of outputs, final included, spread evenly over the blocks (paper Sec. 4.1.2)",
-    )
-    g.add_argument(
-        "--exit-blocks",
-        type=_int_list,
-        default=d(None),
-        metavar="B1,B2,..",
-        help="1-based block numbers to attach auxiliary exits after",
-    )
-    g.add_argument(
-        "--exit-layers",
-        type=_int_list,
-        default=d(None),
-        metavar="L1,L2,..",
-        help="depths in weighted layers where blocks end (e.g. 15,25,35,45 for cifar_resnet56)",
-    )
-    g.add_argument(
-        "--exit-nodes",
-        type=_str_list,
-        default=d(None),
-        metavar="N1,N2,..",
-        help="module or FX graph-node names, for models whose blocks are not discovered",
-    )
+    add_placement_args(g, d(None))
     g.add_argument("--head", default=d("bn-relu-gap-fc"), help="head type: bn-relu-gap-fc, relu-gap-fc, gap-fc")
     g.add_argument("--nu", type=float, default=d(None), help="decay rate of the loss weights (Eq. 5; default 2)")
     g.add_argument("--schedule", default=d("constant"), help="weighting schedule: constant, adaptive-1, adaptive-2")

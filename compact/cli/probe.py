@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compact.cli._common import _int_list, _str_list
+from compact.cli._common import add_placement_args
 from compact.cli.train import S, _load_target, _print_outputs, add_data_args, add_schedule_args
+from compact.engine.config import PLACEMENT_KEYS
 from compact.engine.probe import PROBE_EPOCHS, probe_config
 from compact.errors import CompactError
 
@@ -21,10 +22,7 @@ def _add_probe(sub) -> None:
     )
     p.add_argument("source", metavar="RUN_OR_FILE", help="the trained run, or its full/multi-exit model file")
     g = p.add_argument_group("where the heads go (one of)")
-    g.add_argument("--exits", type=int, default=S, metavar="N", help="number of outputs, final included")
-    g.add_argument("--exit-blocks", type=_int_list, default=S, metavar="B1,B2,..")
-    g.add_argument("--exit-layers", type=_int_list, default=S, metavar="L1,L2,..")
-    g.add_argument("--exit-nodes", type=_str_list, default=S, metavar="N1,N2,..")
+    add_placement_args(g, S)
     g.add_argument(
         "--exits-like",
         default=None,
@@ -48,13 +46,13 @@ def _cmd_probe(args) -> int:
         raise CompactError(f"{source} does not exist")
     cli = {k: v for k, v in vars(args).items() if k in TrainConfig.keys()}
     if args.exits_like:
-        if any(k in cli for k in ("exits", "exit_blocks", "exit_layers", "exit_nodes")):
+        if any(k in cli for k in PLACEMENT_KEYS):
             raise CompactError("give --exits-like or one of --exits/--exit-blocks/--exit-layers/--exit-nodes, not both")
         _, like, _, _ = _load_target(Path(args.exits_like), "cpu")
         if not like.exit_nodes:
             raise CompactError(f"{args.exits_like} has no auxiliary exits to copy")
         cli["exit_nodes"] = list(like.exit_nodes)
-    if not any(k in cli for k in ("exits", "exit_blocks", "exit_layers", "exit_nodes")):
+    if not any(k in cli for k in PLACEMENT_KEYS):
         raise CompactError(
             "say where the heads go: --exits N, --exit-blocks, --exit-layers, --exit-nodes or --exits-like"
         )

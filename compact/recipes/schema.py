@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compact.engine.config import TrainConfig, read_yaml
+from compact.engine.config import PLACEMENT_KEYS, TrainConfig, read_yaml
 from compact.errors import CompactError
 
 TOP_KEYS = {"name", "description", "data", "seeds", "train_defaults", "profile", "entries", "notes"}
 DATA_KEYS = {"name", "data_dir", "download", "subset", "test_subset", "image_size", "workers"}
 PROFILE_KEYS = {"onnx", "batches", "rounds", "repeats", "threads"}
 KINDS = ("train", "probe", "prune")
-PROBE_KEYS = {"of", "exits_like", "exits", "exit_blocks", "exit_layers", "exit_nodes", "head"}
+PROBE_KEYS = {"of", "exits_like", "head", *PLACEMENT_KEYS}
 PRUNE_KEYS = {
     "from",
     "method",
