@@ -133,6 +133,26 @@ def test_train_bad_input(tmp_path, extra, message, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@needs_fmnist
+def test_train_smoke_is_one_batch_and_configs_list(tmp_path, capsys):
+    from compact.engine.config import SMOKE
+
+    out = tmp_path / "run"
+    argv = ["train-mwbp", "--model", "cifar_resnet20", "--exits", "2", "--smoke", "--epochs", "50"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    assert "smoke run" in capsys.readouterr().out
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert {k: cfg[k] for k in SMOKE} == SMOKE  # --smoke wins over the options given with it
+    assert SMOKE["subset"] == SMOKE["batch_size"] and SMOKE["test_subset"] <= SMOKE["eval_batch_size"]
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2  # header and one epoch
+    assert main(["train", "--resume", str(out), "--smoke"]) == 2
+    assert "--smoke checks a setup in a new run" in capsys.readouterr().err
+    assert main(["configs"]) == 0
+    names = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["paper-cifar", "paper-imagenet-resnet"]
+
+
 def test_train_needs_out_or_resume_and_mwbp_needs_exits(tmp_path, capsys):
     assert main(["train", *TINY]) == 2
     assert "give either --out RUN" in capsys.readouterr().err

@@ -142,6 +142,33 @@ def test_bad_configuration_is_refused(change, message):
         TrainConfig(**{"model": "cifar_resnet20", **change})
 
 
+def test_shipped_configs_hold_the_papers_schedules(tmp_path, monkeypatch):
+    from compact.engine import resolve_config
+
+    cifar = resolve_config({"model": "cifar_resnet56"}, "paper-cifar")
+    # Section 5.2: batch 128, 400 epochs, lr 0.1 / 10 at 40% and 60%, Nesterov 0.9, weight decay 5e-4, nu 2
+    assert (cifar.data, cifar.epochs, cifar.batch_size, cifar.lr) == ("cifar10", 400, 128, 0.1)
+    assert cifar.milestone_epochs() == [160, 240] and cifar.lr_at(239) == pytest.approx(0.01)
+    assert (cifar.momentum, cifar.nesterov, cifar.weight_decay, cifar.nu) == (0.9, True, 5e-4, 2.0)
+    defaults = TrainConfig(model="cifar_resnet56")  # the file writes out the built-in defaults
+    for key in ("epochs", "batch_size", "lr", "lr_milestones", "lr_decay", "momentum", "nesterov", "weight_decay"):
+        assert getattr(cifar, key) == getattr(defaults, key), key
+    # ImageNet, ResNet schedule (He et al. 2016): 90 epochs, batch 256, lr 0.1 / 10 at epochs 30 and 60, wd 1e-4
+    imagenet = resolve_config({"model": "torchvision:resnet50", "epochs": 9}, "paper-imagenet-resnet")
+    assert imagenet.epochs == 9  # the command line overrides the file
+    imagenet = resolve_config({"model": "torchvision:resnet50"}, "paper-imagenet-resnet")
+    assert (imagenet.epochs, imagenet.batch_size, imagenet.weight_decay, imagenet.nesterov) == (90, 256, 1e-4, False)
+    assert imagenet.milestone_epochs() == [30, 60] and imagenet.image_size == 224
+
+    with pytest.raises(CompactError, match="neither a file nor one of compact's configs; shipped: paper-cifar"):
+        resolve_config({"model": "cifar_resnet20"}, "paper-cifra")
+    with pytest.raises(CompactError, match="config file nothing/here.yaml does not exist"):
+        resolve_config({"model": "cifar_resnet20"}, "nothing/here.yaml")
+    (tmp_path / "paper-cifar").write_text("epochs: 3\n")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config({"model": "cifar_resnet20"}, "paper-cifar").epochs == 3  # a local file wins
+
+
 def test_unknown_config_keys_are_named():
     with pytest.raises(CompactError, match="unknown option.*learning_rate.*valid: model"):
         TrainConfig.from_dict({"model": "cifar_resnet20", "learning-rate": 0.1})

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compact._resources import resolve, shipped
 from compact.cli import main
 from compact.errors import CompactError
 from compact.recipes import RunSettings, load_recipe, parse_recipe, run_recipe
@@ -71,9 +72,23 @@ def test_recipe_files_missing_or_not_yaml(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["demo", "fmnist-resnet", "cifar10-resnet", "imagenet-resnet"])
-def test_shipped_recipes_parse(name):
-    recipe = load_recipe(BASELINES / f"{name}.yaml")
+def test_shipped_recipes_parse_and_load_by_name(name):
+    recipe = load_recipe(name)
     assert recipe.name == name and recipe.ordered()
+    assert resolve("recipe", name).resolve() == (BASELINES / f"{name}.yaml").resolve()
+
+
+def test_every_baseline_ships_and_a_local_file_wins(tmp_path, monkeypatch, capsys):
+    assert sorted(shipped("recipe")) == sorted(p.stem for p in BASELINES.glob("*.yaml"))
+    assert main(["recipes"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == sorted(shipped("recipe"))
+    with pytest.raises(CompactError, match="neither a file nor one of compact's recipes; shipped: cifar10-resnet"):
+        load_recipe("dmeo")
+    raw = _demo()
+    raw["name"] = "local"
+    (tmp_path / "demo").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("demo").name == "local"  # an existing file is never shadowed by a shipped recipe
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`compact models`, `compact methods`, `compact exits`: what compact offers and where exits go."""
+"""`compact models`, `methods`, `recipes`, `configs`, `exits`: what compact offers and where exits go."""
 
 from __future__ import annotations
 
@@ -39,6 +39,35 @@ def _cmd_methods(args) -> int:
     return 0
 
 
+# -- compact recipes, compact configs ---------------------------------------------------------------
+def _add_recipes(sub) -> None:
+    sub.add_parser("recipes", help="list the comparison recipes that ship with compact (compact run NAME)")
+
+
+def _cmd_recipes(args) -> int:
+    from compact._resources import shipped
+    from compact.recipes import load_recipe
+
+    for name, path in shipped("recipe").items():
+        recipe = load_recipe(path)  # validated: a broken shipped recipe fails here, not hours into a run
+        print(f"{name:<18} {len(recipe.entries):>2} entries, {len(recipe.seeds)} seed(s)  {recipe.description}")
+    return 0
+
+
+def _add_configs(sub) -> None:
+    sub.add_parser("configs", help="list the training configurations that ship with compact (--config NAME)")
+
+
+def _cmd_configs(args) -> int:
+    from compact._resources import shipped
+    from compact.engine.config import read_yaml
+
+    for name, path in shipped("config").items():
+        values = read_yaml(path)
+        print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return 0
+
+
 # -- compact exits ----------------------------------------------------------------------------------
 def _add_exits(sub) -> None:
     p = sub.add_parser("exits", help="show where exits go: node, depth, parameters and loss weight of each output")
@@ -64,5 +93,7 @@ def _cmd_exits(args) -> int:
 COMMANDS = {
     "models": (_add_models, _cmd_models),
     "methods": (_add_methods, _cmd_methods),
+    "recipes": (_add_recipes, _cmd_recipes),
+    "configs": (_add_configs, _cmd_configs),
     "exits": (_add_exits, _cmd_exits),
 }

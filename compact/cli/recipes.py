@@ -11,7 +11,7 @@ from compact.errors import CompactError
 def _add_run(sub) -> None:
     text = "run a comparison recipe: train, probe, prune, fine-tune and profile every entry (resumable)"
     p = sub.add_parser("run", help=text, description=text)
-    p.add_argument("recipe", help="a recipe file, e.g. baselines/demo.yaml")
+    p.add_argument("recipe", help="a recipe file, or the name of a shipped one (compact recipes lists them)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<recipe name>)")
     p.add_argument("--smoke", action="store_true", help="a few batches per entry, to check that the recipe runs")
     p.add_argument("--data", default=None, help="override the recipe's dataset (e.g. imagefolder:PATH)")

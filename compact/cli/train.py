@@ -71,10 +71,20 @@ def add_schedule_args(p: argparse.ArgumentParser, epochs_default: int = 400) -> 
 
 def _add_training(sub, name: str, help_text: str, fixed_method: str | None) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("--config", default=None, metavar="YAML", help="file of option: value defaults (keys as below)")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="YAML",
+        help="file of option: value defaults (keys as below), or a shipped one's name (compact configs)",
+    )
     p.add_argument("--out", default=None, metavar="RUN", help="run folder to create")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run found in --out")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one epoch of one batch of 16 small images, to check that a setup runs (measures nothing)",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -129,6 +139,7 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_train(args) -> int:
     from compact.engine import TrainConfig, open_run, resolve_config, train
+    from compact.engine.config import SMOKE
 
     if (args.out is None) == (args.resume is None):
         raise CompactError("give either --out RUN (a new run) or --resume RUN (continue one)")
@@ -142,6 +153,10 @@ def _cmd_train(args) -> int:
     else:
         cfg = resolve_config(cli, args.config)
         out = args.out
+    if args.smoke:
+        if args.resume:
+            raise CompactError("--smoke checks a setup in a new run; drop --resume")
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **SMOKE}, "options (with --smoke)")
     if args.fixed_method and cfg.placement == {"num_outputs": 1}:
         raise CompactError(
             f"{args.command} needs auxiliary exits: --exits N, --exit-blocks, --exit-layers or --exit-nodes"
@@ -150,6 +165,8 @@ def _cmd_train(args) -> int:
     if not summary:  # a process other than rank 0 of a distributed run: rank 0 reports
         return 0
     _print_outputs(summary["outputs"])
+    if args.smoke:
+        print("smoke run: the setup works end to end; its numbers mean nothing")
     print(f"run folder: {out} (model.safetensors, metrics.csv)")
     print(f"export an exit with: compact export {out} --exit 0 --out FILE")
     return 0

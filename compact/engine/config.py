@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from compact._resources import resolve
 from compact.errors import CompactError
 
 PLACEMENT_KEYS = ("exits", "exit_blocks", "exit_layers", "exit_nodes")
@@ -151,6 +152,18 @@ class TrainConfig:
             raise CompactError(f"{source}: {exc}") from exc
 
 
+#: ``--smoke`` (training commands and recipe entries): one epoch of one training batch and one evaluation
+#: batch of small images; it checks that a setup runs end to end and measures nothing
+SMOKE: dict[str, Any] = {
+    "subset": 16,
+    "test_subset": 16,
+    "batch_size": 16,
+    "eval_batch_size": 16,
+    "epochs": 1,
+    "image_size": 32,
+}
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path`` (``yaml.safe_load``: no Python objects are constructed)."""
     path = Path(path)
@@ -168,9 +181,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(cli: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
-    """Built-in defaults, overridden by ``config_file`` (YAML), overridden by ``cli`` (options given)."""
+    """Built-in defaults, overridden by ``config_file`` (YAML), overridden by ``cli`` (options given).
+
+    ``config_file`` is a path or the name of a shipped configuration (``compact configs`` lists them).
+    """
     values: dict[str, Any] = {}
     if config_file is not None:
+        config_file = resolve("config", config_file)
         values.update({str(k).replace("-", "_"): v for k, v in read_yaml(config_file).items()})
     values.update(cli)
     return TrainConfig.from_dict(values, f"options (with {config_file})" if config_file else "options")

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from compact._atomic import write_text
+from compact.engine.config import SMOKE
 from compact.errors import CompactError
 from compact.recipes.schema import Entry, Recipe
 
-#: a smoke run: the first seed only, one epoch on a few images per entry
-SMOKE = {"subset": 32, "test_subset": 32, "batch_size": 16, "eval_batch_size": 32, "epochs": 1, "image_size": 32}
 SMOKE_PROFILE = {"batches": [1, 2], "rounds": 1, "repeats": 1}
 #: a smoke run checks that pruning runs, not that it lands on the target: a coarse, quick search
 SMOKE_SEARCH = {"steps": 3, "tolerance": 0.5, "refine": False}

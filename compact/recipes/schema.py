@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compact._resources import resolve
 from compact.engine.config import PLACEMENT_KEYS, TrainConfig, read_yaml
 from compact.errors import CompactError
 
@@ -207,8 +208,6 @@ def _validate(kind: str, spec: dict[str, Any], defaults: dict[str, Any], data: d
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (YAML, loaded with ``safe_load``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CompactError(f"recipe {path} does not exist")
+    """Read and validate a recipe file (YAML, loaded with ``safe_load``), or a shipped recipe by name."""
+    path = resolve("recipe", path)
     return parse_recipe(read_yaml(path), str(path))
