@@ -60,10 +60,11 @@ def _add_configs(sub) -> None:
 
 def _cmd_configs(args) -> int:
     from compact._resources import shipped
-    from compact.engine.config import read_yaml
+    from compact.engine.config import TrainConfig, read_yaml
 
     for name, path in shipped("config").items():
         values = read_yaml(path)
+        TrainConfig.from_dict({"model": "cifar_resnet20", **values}, str(path))  # validated, as recipes are
         print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
     return 0
 
