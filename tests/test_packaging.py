@@ -77,6 +77,33 @@ def test_workflow_has_no_zizmor_findings():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+#: the contexts a workflow expression may name (GitHub's "Contexts" reference)
+CONTEXTS = set("github env vars job jobs steps runner secrets strategy matrix needs inputs".split())
+
+
+def _expression_problems(wf: dict) -> list[str]:
+    """Names in ``${{ }}`` expressions that are not a context, or not a key of the job's matrix: the
+    mistakes that the schema and zizmor let through (actionlint's expression check, in small)."""
+    problems = []
+    for name, job in wf["jobs"].items():
+        keys = set(job.get("strategy", {}).get("matrix", {}))
+        for expr in re.findall(r"\$\{\{(.*?)\}\}", yaml.safe_dump(job)):
+            for root, attr in re.findall(r"\b([A-Za-z_]\w*)\.([\w-]+)", expr):
+                if root not in CONTEXTS:
+                    problems.append(f"{name}: unknown context {root!r} in ${{{{{expr}}}}}")
+                elif root == "matrix" and attr not in keys:
+                    problems.append(f"{name}: matrix has no key {attr!r} (keys: {sorted(keys)})")
+    return problems
+
+
+def test_workflow_expressions_name_defined_contexts_and_matrix_keys():
+    wf = _workflow()
+    assert _expression_problems(wf) == []
+    typo = yaml.safe_load(WORKFLOW.read_text().replace("matrix.python-version", "matrix.pyton-version"))
+    typo["on"] = typo.pop(True)
+    assert any("no key 'pyton-version'" in p for p in _expression_problems(typo))
+
+
 def test_workflow_runs_what_readme_and_ci_run_run():
     wf = _workflow()
     assert set(wf["on"]) == {"push", "pull_request"}
