@@ -130,7 +130,7 @@ def test_workflow_runs_what_readme_and_ci_run_run():
     assert any("--smoke" in line for line in ci if line.startswith("compact run "))
     # the report folder goes to the job summary and into an artifact
     report_dir = next(r for r in runs if r.startswith("compact report ")).split("--out ", 1)[1].split()[0]
-    assert f'cat {report_dir}/report.md >> "$GITHUB_STEP_SUMMARY"' in runs
+    assert f'cat {report_dir}/summary.md >> "$GITHUB_STEP_SUMMARY"' in runs
     upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact@"))
     assert upload["with"]["path"].rstrip("/") == report_dir
     # every action is pinned to a commit

@@ -128,6 +128,12 @@ def test_demo_smoke_report_and_plots_show_the_runs_data(demo_run, tmp_path):
     pruned = json.loads((demo_run / "deep-l1" / "seed0" / "prune.json").read_text())
     assert series["ResNet-32 pruned, L1"]["y"] == [pruned["test_error_pct"]["final"]]
     assert plots["macs"]["front"], "a Pareto front is marked"
+    # summary.md (for CI job summaries): the report's tables without images, and the fronts of pareto.json
+    summary = (report / "summary.md").read_text()
+    assert "![" not in summary and md.split("## Pareto plots")[0] == summary.split("## Pareto fronts")[0]
+    for axis in ("macs", "latency"):
+        rows = summary.split(f"Pareto front by {axis}")[1].split("\n\n")[1].splitlines()[2:]
+        assert [r.split(" | ")[0].lstrip("| ") for r in rows] == [p["model"] for p in plots[axis]["front"]]
     table = json.loads((report / "table.json").read_text())
     assert {row["model"] for row in table} >= {
         "MW-BP ResNet-20, exit 0",

@@ -46,30 +46,29 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
     ]
     if exits["markdown"]:
         lines += ["## Error of every exit (Table 6 style)", "", exits["markdown"], ""]
-    lines += [
-        "## Pareto plots",
-        "",
-        "![error vs MACs](pareto_macs.png)",
-        "",
-        "![error vs latency](pareto_latency.png)",
-        "",
-    ]
-    markdown = "\n".join(lines)
+    title = f"{recipe.name}" + (" (SMOKE RUN)" if smoke else "") + (" (INCOMPLETE)" if results.missing else "")
+    plots = {axis: pareto_data(results, axis) for axis in ("macs", "latency")}
     out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "report.md": markdown,
-        "table.csv": table["csv"],
-        "table.json": json.dumps(table["json"], indent=2) + "\n",
-        "exits.csv": exits["csv"],
-        "exits.json": json.dumps(exits["json"], indent=2) + "\n",
-    }
-    plots = {}
-    for axis in ("macs", "latency"):
-        data = pareto_data(results, axis)
-        plots[axis] = data
-        title = f"{recipe.name}" + (" (SMOKE RUN)" if smoke else "") + (" (INCOMPLETE)" if results.missing else "")
+    files: dict[str, str | None] = {}
+    for axis, data in plots.items():
         for path in draw(data, title, out / f"pareto_{axis}"):
-            files.setdefault(path.name, None)
+            files[path.name] = None  # written by draw
+    images = ["![error vs MACs](pareto_macs.png)", "", "![error vs latency](pareto_latency.png)", ""]
+    fronts = [line for data in plots.values() for line in _front_table(data)]
+    markdown = "\n".join(lines + ["## Pareto plots", "", *images, *fronts])
+    # the same without images, for places that show a Markdown text without the files beside it (CI job summaries)
+    note = "The Pareto plots (`pareto_macs.png`, `pareto_latency.png`, and SVG) are in the report folder."
+    summary = "\n".join(lines + ["## Pareto fronts", "", note, "", *fronts])
+    files.update(
+        {
+            "report.md": markdown,
+            "summary.md": summary,
+            "table.csv": table["csv"],
+            "table.json": json.dumps(table["json"], indent=2) + "\n",
+            "exits.csv": exits["csv"],
+            "exits.json": json.dumps(exits["json"], indent=2) + "\n",
+        }
+    )
     files["pareto.json"] = json.dumps(plots, indent=2) + "\n"
     for name, text in files.items():
         if text is not None:
@@ -81,6 +80,14 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
         "complete": not results.missing,
         "plots": plots,
     }
+
+
+def _front_table(data: dict[str, Any]) -> list[str]:
+    """Markdown lines: the models on the Pareto front of one plot (lowest error for at most that cost)."""
+    rows = [f"| {p['model']} | {p['x']:.4g} | {p['y']:.2f} |" for p in data["front"]]
+    head = f"| model | {data['xlabel']} | {data['ylabel']} |"
+    return [f"Pareto front by {data['axis']}: no other model is both cheaper and more accurate.", "", head,
+            "|---|---|---|", *rows, ""]  # fmt: skip
 
 
 __all__ = ["make_report"]
