@@ -104,6 +104,35 @@ def test_torchrun_trains_mwbp_end_to_end(tmp_path):
     assert bad.returncode != 0 and "batch size 33 is not divisible by the 2 processes" in bad.stderr
 
 
+@needs_fmnist
+def test_two_nodes_on_loopback_train_and_only_global_rank_0_writes(tmp_path):
+    """Two torchrun launchers with --nnodes 2 (one process each) meet over TCP on 127.0.0.1, as two machines
+    would: each process has LOCAL_RANK 0, only RANK 0 may write. Each "node" has its own working folder
+    and a relative --out, so anything the second node wrote would show up in its folder."""
+    from compact.engine import open_run
+
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--model", "cifar_resnet20", "--exits", "2", "--subset", "64", "--test-subset", "32", "--epochs", "1",
+            "--batch-size", "32", "--no-progress", "--out", "run"]  # fmt: skip
+    nodes = []
+    for rank in (0, 1):
+        cwd = tmp_path / f"node{rank}"
+        cwd.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
+               "-m", "compact", "train-mwbp", *args]  # fmt: skip
+        nodes.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=300) for p in nodes]
+    for p, (_, err) in zip(nodes, outputs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    assert outputs[0][0].count("epoch 1/1") == 1 and "epoch 1/1" not in outputs[1][0]
+    assert "2 processes (gloo)" in outputs[0][0]
+    assert list((tmp_path / "node1").iterdir()) == []  # the second machine wrote nothing
+    run = open_run(tmp_path / "node0" / "run")
+    assert run.config.batch_size == 32 and len(run.history()) == 1
+
+
 class _Stop(Exception):
     pass
 

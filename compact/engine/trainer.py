@@ -339,6 +339,7 @@ def train(
     log(
         f"{cfg.model} on {data.name} ({data.train_size} train / {data.test_size} test images), "
         f"{net.num_outputs} outputs at layers {net.depths}, method {cfg.method}, device {device}"
+        + (f", {d.world} processes ({torch.distributed.get_backend()})" if d.world > 1 else "")
     )
     metrics = MetricsLog(out, net.num_outputs, first_epoch=start_epoch) if d.is_main else None
     if metrics is not None:
