@@ -34,8 +34,8 @@ def _ci_run_lines() -> list[str]:
     return [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
 
 
-def _workflow() -> dict:
-    data = yaml.safe_load(WORKFLOW.read_text())
+def _workflow(text: str | None = None) -> dict:
+    data = yaml.safe_load(WORKFLOW.read_text() if text is None else text)
     data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as true
     return data
 
@@ -99,8 +99,7 @@ def _expression_problems(wf: dict) -> list[str]:
 def test_workflow_expressions_name_defined_contexts_and_matrix_keys():
     wf = _workflow()
     assert _expression_problems(wf) == []
-    typo = yaml.safe_load(WORKFLOW.read_text().replace("matrix.python-version", "matrix.pyton-version"))
-    typo["on"] = typo.pop(True)
+    typo = _workflow(WORKFLOW.read_text().replace("matrix.python-version", "matrix.pyton-version"))
     assert any("no key 'pyton-version'" in p for p in _expression_problems(typo))
 
 

@@ -144,6 +144,10 @@ def _cmd_train(args) -> int:
     if (args.out is None) == (args.resume is None):
         raise CompactError("give either --out RUN (a new run) or --resume RUN (continue one)")
     cli = _config_values(args)
+    if args.smoke:
+        if args.resume:
+            raise CompactError("--smoke checks a setup in a new run; drop --resume")
+        cli.update(SMOKE)  # over the options given and the config file
     if args.resume:
         if args.config or args.overwrite:
             raise CompactError("--resume continues a run with its stored configuration; drop --config/--overwrite")
@@ -153,10 +157,6 @@ def _cmd_train(args) -> int:
     else:
         cfg = resolve_config(cli, args.config)
         out = args.out
-    if args.smoke:
-        if args.resume:
-            raise CompactError("--smoke checks a setup in a new run; drop --resume")
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), **SMOKE}, "options (with --smoke)")
     if args.fixed_method and cfg.placement == {"num_outputs": 1}:
         raise CompactError(
             f"{args.command} needs auxiliary exits: --exits N, --exit-blocks, --exit-layers or --exit-nodes"
