@@ -60,13 +60,7 @@ class ModelInfo:
     source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise CompactError(f"unknown model kind {self.kind!r}; valid: {', '.join(KINDS)}")
-        if self.kind == "exit" and len(self.exit_nodes) != 1:
-            raise CompactError("an exit model names exactly one exit node")
-        if self.kind != "full" and not self.head:
-            raise CompactError(f"a {self.kind} model needs a head type")
-        self.input_size = [int(s) for s in self.input_size]
+        _check_info(self)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -77,7 +71,7 @@ class ModelInfo:
     def from_json(cls, text: str, path: Path | str = "<model>") -> ModelInfo:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise CompactError(f"{path}: the model description is not valid JSON ({exc})") from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CompactError(f"{path} is not a compact model file (no {FORMAT!r} description)")
@@ -89,10 +83,88 @@ class ModelInfo:
             )
         known = set(cls.__dataclass_fields__)
         fields = {k: v for k, v in data.items() if k in known}
+        missing = [k for k in ("arch", "num_classes", "in_chans", "input_size") if k not in fields]
+        if missing:
+            raise CompactError(f"{path}: incomplete model description (no {', '.join(missing)})")
         try:
             return cls(**fields)
-        except TypeError as exc:
-            raise CompactError(f"{path}: incomplete model description ({exc})") from exc
+        except CompactError as exc:
+            raise CompactError(f"{path}: {exc}") from None
+
+
+#: largest channel/feature count an attribute of a model file may set
+MAX_DIM = 1 << 20
+_NAME_LIMIT = 300
+
+
+def _fail(what: str, value: Any) -> None:
+    text = repr(value)
+    raise CompactError(f"bad model description: {what}, got {text if len(text) <= 60 else text[:57] + '...'}")
+
+
+def _is_str(value: Any, limit: int = _NAME_LIMIT) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= limit
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_info(info: ModelInfo) -> None:
+    """Types and bounds of every field: a description comes from a file, which may be crafted."""
+    from compact.models.arguments import MAX_SIDE, check_kwargs_mapping, check_sizes
+
+    if not _is_str(info.arch):
+        _fail("arch must be a model name", info.arch)
+    check_sizes(info.num_classes, info.in_chans)
+    size = info.input_size
+    if not isinstance(size, list | tuple) or len(size) != 3 or not all(_is_int(s) for s in size):
+        _fail("input_size must be [C, H, W] (integers)", size)
+    if size[0] != info.in_chans or not all(1 <= s <= MAX_SIDE for s in size[1:]):
+        _fail(f"input_size must be [in_chans, H, W] with H, W in 1..{MAX_SIDE}", size)
+    info.input_size = list(size)
+    if info.kind not in KINDS:
+        raise CompactError(f"unknown model kind {info.kind!r}; valid: {', '.join(KINDS)}")
+    if not isinstance(info.exit_nodes, list) or not all(_is_str(n) for n in info.exit_nodes):
+        _fail("exit_nodes must be a list of node names", info.exit_nodes)
+    if info.kind == "exit" and len(info.exit_nodes) != 1:
+        raise CompactError("an exit model names exactly one exit node")
+    if info.head is not None and not _is_str(info.head, 64):
+        _fail("head must be a head type name", info.head)
+    if info.kind != "full" and not info.head:
+        raise CompactError(f"a {info.kind} model needs a head type")
+    info.model_kwargs = check_kwargs_mapping(info.model_kwargs, "bad model description")
+    if not isinstance(info.attrs, dict) or not all(
+        _is_str(k) and isinstance(v, dict) and all(_is_str(a, 64) for a in v) for k, v in info.attrs.items()
+    ):
+        _fail("attrs must map module names to {attribute: value}", info.attrs)
+    for key, positive in (("mean", False), ("std", True)):
+        v = getattr(info, key)
+        if v is not None and (
+            not isinstance(v, list)
+            or len(v) != info.in_chans
+            or not all(_is_number(x) and (x > 0 or not positive) for x in v)
+        ):
+            _fail(f"{key} must be a list of {info.in_chans} finite numbers" + (" > 0" if positive else ""), v)
+    if info.classes is not None and (
+        not isinstance(info.classes, list)
+        or len(info.classes) != info.num_classes
+        or not all(isinstance(c, str) and len(c) <= _NAME_LIMIT for c in info.classes)
+    ):
+        _fail(f"classes must be a list of {info.num_classes} names", info.classes)
+    if info.dataset is not None and not _is_str(info.dataset, 4096):
+        _fail("dataset must be a dataset name", info.dataset)
+    if info.params is not None and not _is_int(info.params):
+        _fail("params must be an integer", info.params)
+    if not isinstance(info.source, dict):
+        _fail("source must be a mapping", info.source)
+    for key in ("seed", "output", "depth", "epochs"):
+        if key in info.source and not _is_int(info.source[key]):
+            _fail(f"source.{key} must be an integer", info.source[key])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def build_module(info: ModelInfo) -> nn.Module:
@@ -160,8 +232,58 @@ def _conform(module: nn.Module, shapes: dict[str, tuple[int, ...]], attrs: dict[
         except AttributeError as exc:
             raise CompactError(f"the model description changes attributes of {name!r}, which does not exist") from exc
         for k, v in values.items():
-            current = getattr(owner, k, None)
-            setattr(owner, k, tuple(v) if isinstance(current, tuple) and isinstance(v, list) else v)
+            setattr(owner, k, _checked_attr(owner, name, k, v))
+
+
+def _checked_attr(owner: nn.Module, name: str, key: str, value: Any) -> Any:
+    """``value`` for the structural attribute ``key`` of module ``name``, refused unless the attribute is a
+    plain (non-private) one the freshly built module already has and ``value`` has its type and sane bounds:
+    a file may resize a layer, never replace a method, a hook or a class."""
+    where = f"the model description sets {name or '(model)'}.{key}"
+    current = vars(owner).get(key, _MISSING)
+    if key.startswith("_") or key == "training" or current is _MISSING or not _plain(current):
+        raise CompactError(f"{where}, which is not a plain structural attribute of {type(owner).__name__}")
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, int):
+        ok = _is_int(value) and 0 <= value <= MAX_DIM
+    elif isinstance(current, float):
+        ok = _is_number(value) and abs(value) <= MAX_DIM
+    elif isinstance(current, str):
+        ok = isinstance(value, str) and len(value) <= 64 and value.replace("_", "").replace("-", "").isalnum()
+    elif isinstance(current, tuple | list):
+        ok = (
+            isinstance(value, list | tuple)
+            and len(value) == len(current)
+            and all(_is_int(v) and 0 <= v <= MAX_DIM for v in value)
+        )
+        value = tuple(value) if isinstance(current, tuple) else list(value)
+    else:  # None
+        ok = False
+    if not ok:
+        raise CompactError(f"{where} to {value!r}, which is not a valid value for {current!r}"[:300])
+    return value
+
+
+_MISSING = object()
+
+
+def _check_layer_shapes(module: nn.Module, path: Path | str) -> None:
+    """The size attributes of convolutions, linear layers and BatchNorm agree with their weights (a file
+    cannot describe a layer that its tensors contradict)."""
+    for name, m in module.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, nn.Conv2d):
+            want = (m.out_channels, m.in_channels // max(m.groups, 1), *m.kernel_size)
+            ok = m.groups >= 1 and m.in_channels % m.groups == 0 and tuple(w.shape) == want
+        elif isinstance(m, nn.Linear):
+            ok = tuple(w.shape) == (m.out_features, m.in_features)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            ok = all(t is None or tuple(t.shape) == (m.num_features,) for t in (w, m.running_mean))
+        else:
+            continue
+        if not ok:
+            raise CompactError(f"{path}: the sizes of layer {name} contradict its weights (corrupt or crafted file)")
 
 
 def _load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], info: ModelInfo, path: Path | str) -> None:
@@ -174,7 +296,12 @@ def _load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], info: Mod
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
         )
-    module.load_state_dict(tensors, strict=True)
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CompactError(f"{path}: weights do not fit the {info.kind} {info.arch} they describe ({first})") from None
+    _check_layer_shapes(module, path)
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

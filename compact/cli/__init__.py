@@ -10,7 +10,9 @@ function that calls the library; the modules of this package group them (``inspe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from compact._version import __version__
@@ -29,27 +31,93 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``compact CMD: error: ...`` and where to find the valid options."""
+
+    def error(self, message: str):  # noqa: D401 (argparse's name)
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="compact",
         description="Train compact networks with multi-way backpropagation, export their exits, prune deeper "
         "baselines and compare them.",
     )
     parser.add_argument("--version", action="version", version=f"compact {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the Python traceback of an error (also: {DEBUG_ENV}=1)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add, _ in COMMANDS.values():
         add(sub)
     return parser
 
 
+#: environment variable that, set to anything but "" or "0", shows tracebacks like --debug
+DEBUG_ENV = "COMPACT_DEBUG"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What a user needs after Ctrl-C: what was kept and the command that continues."""
+    cmd = args.command
+    if cmd in ("train", "train-mwbp") and (args.out or args.resume):
+        run = args.resume or args.out
+        return f"the last completed epoch's checkpoint is kept in {run}; continue with: compact train --resume {run}"
+    if cmd == "prune":
+        return f"the last checkpoint is kept in {args.out}; continue with the same command and --resume"
+    if cmd == "probe":
+        return "the last checkpoint is kept; continue with the same command and --resume"
+    if cmd == "run":
+        return "finished entries and the last checkpoint are kept; continue with the same command"
+    return "nothing was written"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status: 0 done, 2 bad input (one line on stderr), 1 an internal
+    error (one line; the traceback with ``--debug`` or ``COMPACT_DEBUG=1``), 130 interrupted."""
     args = get_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    where = f"compact {args.command}"
     try:
         return COMMANDS[args.command][1](args)
     except CompactError as exc:
-        print(f"compact {args.command}: error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"{where}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted; {_interrupted(args)}", file=sys.stderr)
+        return 130
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        print(f"{where}: error: out of memory (try a smaller --batch-size or model)", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system said no: read-only, full, missing, not a folder
+        if debug:
+            traceback.print_exc()
+        what = exc.strerror or _one_line(exc)
+        name = f": {exc.filename}" if exc.filename else ""
+        print(f"{where}: error: {what}{name}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(
+            f"{where}: internal error: {type(exc).__name__}: {_one_line(exc)[:300]} "
+            f"(please report it; --debug or {DEBUG_ENV}=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 __all__ = ["COMMANDS", "add_model_args", "build_net", "get_parser", "main"]

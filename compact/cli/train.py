@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from compact._yaml import load_yaml_text, plain_value
 from compact.cli._common import add_model_args
 from compact.errors import CompactError
 
@@ -26,7 +25,10 @@ def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)  # 2 -> int, 0.5 -> float, true -> bool, else str
+    try:  # 2 -> int, 0.5 -> float, true -> bool, else str
+        return key.strip(), plain_value(load_yaml_text(value, f"the value of {key.strip()}"), key.strip())
+    except CompactError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

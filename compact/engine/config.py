@@ -5,6 +5,7 @@ Python, a YAML file (``--config``) or the command line, in increasing order of p
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 
 from compact._resources import resolve
+from compact._yaml import read_yaml_file
 from compact.errors import CompactError
 
 PLACEMENT_KEYS = ("exits", "exit_blocks", "exit_layers", "exit_nodes")
@@ -68,6 +70,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise CompactError("no model given: set --model (e.g. cifar_resnet56, timm:resnet18)")
+        _check_types(self)
         _check_int(self, "epochs", 1)
         _check_int(self, "batch_size", 1)
         _check_int(self, "eval_batch_size", 1)
@@ -91,8 +94,8 @@ class TrainConfig:
         placed = [k for k in PLACEMENT_KEYS if getattr(self, k) is not None]
         if len(placed) > 1:
             raise CompactError(f"give only one way to place exits, got {', '.join(placed)}")
-        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
-            raise CompactError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,3})?", self.device):
+            raise CompactError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         from compact.methods import METHODS
 
         method = METHODS.get(self.method)  # unknown methods list the valid ones
@@ -106,8 +109,9 @@ class TrainConfig:
             not isinstance(self.soft_prune, dict) or not isinstance(self.soft_prune.get("ratios"), dict)
         ):
             raise CompactError(f"soft_prune must be a mapping with 'ratios' (layer: fraction), got {self.soft_prune!r}")
-        if not isinstance(self.model_kwargs, dict):
-            raise CompactError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
+        from compact.models.arguments import check_kwargs_mapping
+
+        self.model_kwargs = check_kwargs_mapping(self.model_kwargs, "model_kwargs")
 
     @property
     def placement(self) -> dict[str, Any]:
@@ -164,15 +168,9 @@ SMOKE: dict[str, Any] = {
 }
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (``yaml.safe_load``: no Python objects are constructed)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise CompactError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise CompactError(f"{path} is not valid YAML: {exc}") from exc
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping from ``path``: plain data only, no aliases, bounded size (:mod:`compact._yaml`)."""
+    data = read_yaml_file(path, what)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -191,6 +189,46 @@ def resolve_config(cli: dict[str, Any], config_file: str | Path | None = None) -
         values.update({str(k).replace("-", "_"): v for k, v in read_yaml(config_file).items()})
     values.update(cli)
     return TrainConfig.from_dict(values, f"options (with {config_file})" if config_file else "options")
+
+
+#: the type of every option that is not checked for a range below (None allowed where the default is None)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "init_from": (str,),
+    "method": (str,),
+    "method_options": (dict,),
+    "model_kwargs": (dict,),
+    "exit_nodes": (list,),
+    "exit_blocks": (list,),
+    "exit_layers": (list,),
+    "head": (str,),
+    "schedule": (str,),
+    "data": (str,),
+    "data_dir": (str,),
+    "download": (bool,),
+    "nesterov": (bool,),
+    "device": (str,),
+    "soft_prune": (dict,),
+}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for key, kinds in _TYPES.items():
+        value = getattr(cfg, key)
+        optional = next(f for f in fields(cfg) if f.name == key).default is None
+        if (value is None and optional) or isinstance(value, kinds):
+            continue
+        text = repr(value)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        raise CompactError(f"{key} must be a {' or '.join(k.__name__ for k in kinds)}, got {text}")
+    for key, kind in (("exit_nodes", str), ("exit_blocks", int), ("exit_layers", int)):
+        value = getattr(cfg, key)
+        if value is not None and (not value or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
+            raise CompactError(f"{key} must be a non-empty list of {'names' if kind is str else 'integers'}")
+    if cfg.nu is not None and (not _is_number(cfg.nu) or cfg.nu <= 0):
+        raise CompactError(f"nu must be a number > 0, got {cfg.nu!r}")
+    if any(len(str(getattr(cfg, k) or "")) > 4096 for k in ("model", "init_from", "data", "data_dir", "device")):
+        raise CompactError("a name or path in the configuration is longer than 4096 characters")
 
 
 def _is_number(value: Any) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -61,11 +62,17 @@ class TrainingDiverged(CompactError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; anything else, or a GPU that is not
+    there, is a :class:`CompactError`."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,3})?", name):
+        raise CompactError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CompactError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CompactError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -242,14 +249,36 @@ def _echo(message: str) -> None:
     print(message, flush=True)  # flushed: epoch lines must reach a log file as they happen
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the ``.NAME.*.tmp`` files an atomic write left when its process was killed mid-write."""
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+
+
+def _started_only(out: Path) -> bool:
+    """A folder where a run was started but never completed an epoch (no checkpoint, no model, no metric
+    line): it holds no results, so a plain retry may replace it."""
+    if (out / CHECKPOINT).exists() or (out / MODEL).exists() or (out / SUMMARY).exists():
+        return False
+    metrics = out / "metrics.jsonl"
+    return not metrics.exists() or not metrics.read_text(errors="replace").strip()
+
+
 def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise CompactError(f"output folder {out} exists and is not a folder")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise CompactError(f"cannot create the run folder {out}: a parent of it is a file")
     present = [f for f in RUN_FILES if (out / f).exists()]
     if resume:
         if not (out / CONFIG).is_file():
             raise CompactError(f"{out} holds no run to resume (no {CONFIG})")
+        remove_stale_temporaries(out)
         return
-    if out.exists() and not out.is_dir():
-        raise CompactError(f"output folder {out} exists and is not a folder")
+    if present and _started_only(out):
+        present = []  # a failed start is not a run
     if present and not overwrite:
         raise CompactError(
             f"{out} holds another run ({', '.join(present)}); pass --resume to continue it or --overwrite to replace it"
@@ -260,6 +289,22 @@ def _clear_run(out: Path) -> None:
     for f in RUN_FILES:
         (out / f).unlink(missing_ok=True)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
+
+
+def check_checkpoint_config(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> None:
+    """Refuse to resume when the run's configuration differs from the one its checkpoint was trained with
+    (a ``config.yaml`` edited or cut short would otherwise continue on other data or another schedule)."""
+    try:
+        trained = TrainConfig.from_dict(stored, f"the configuration stored in {out / CHECKPOINT}").to_dict()
+    except CompactError as exc:
+        raise CompactError(f"checkpoint {out / CHECKPOINT} is damaged: {exc}") from None
+    diffs = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and trained[k] != v]
+    if diffs:
+        detail = ", ".join(f"{k} ({trained[k]!r} in the checkpoint, {getattr(cfg, k)!r} now)" for k in diffs[:6])
+        raise CompactError(
+            f"cannot resume {out}: its {CONFIG} does not match the configuration its checkpoint was trained with "
+            f"({detail}); restore {CONFIG} or start a new run"
+        )
 
 
 def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
@@ -318,14 +363,16 @@ def train(
     if resuming:
         state = load_checkpoint(out / CHECKPOINT)
         check_identity(out / CHECKPOINT, state.get("identity", {}), ident)
+        check_checkpoint_config(out, cfg, state["config"])
         try:
             net.load_state_dict(state["model"])
             method.load_state_dict(state["method"])
-        except (RuntimeError, KeyError) as exc:
-            raise CompactError(f"checkpoint {out / CHECKPOINT} does not fit this network: {exc}") from exc
-        if soft is not None:
-            soft.load_state_dict(state.get("soft_prune", {}))
-        torch.set_rng_state(state["rng"]["torch"])
+            if soft is not None:
+                soft.load_state_dict(state.get("soft_prune") or {})
+            torch.set_rng_state(state["rng"]["torch"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise CompactError(f"checkpoint {out / CHECKPOINT} does not fit this network: {first}") from None
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         history, start_epoch = list(state["history"]), int(state["epoch"])

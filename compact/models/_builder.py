@@ -1,8 +1,10 @@
 """Model registry and ``create_model``: compact's own models by name, any timm or torchvision classifier
 by prefix (``timm:resnet18``, ``torchvision:mobilenet_v2``).
 
-Every model is built without pretrained weights unless asked, with ``num_classes`` and ``in_chans``
-settable, and its ``forward`` returns final logits only.
+Every model is built without pretrained weights (compact never downloads or unpickles weights; to start
+from published weights, load a state dict into the built model yourself), with ``num_classes`` and
+``in_chans`` settable, and its ``forward`` returns final logits only. Extra constructor arguments pass an
+allow-list (:mod:`compact.models.arguments`), since they may come from files.
 """
 
 from __future__ import annotations
@@ -14,13 +16,21 @@ from torch import nn
 
 from compact._registry import Registry
 from compact.errors import CompactError, UnknownNameError
+from compact.models.arguments import TIMM_ARGS, TORCHVISION_ARGS, Arg, check_model_args, check_sizes
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 PREFIXES = ("timm", "torchvision")
+#: registered model name -> the constructor arguments it accepts besides num_classes and in_chans
+MODEL_ARGS: dict[str, dict[str, Arg]] = {}
 
 
-def register_model(name: str) -> Callable:
-    """Decorator registering a builder ``fn(num_classes=..., in_chans=..., **kwargs) -> nn.Module``."""
+def register_model(name: str, args: dict[str, Arg] | None = None) -> Callable:
+    """Decorator registering a builder ``fn(num_classes=..., in_chans=..., **kwargs) -> nn.Module``.
+
+    ``args`` declares the extra keyword arguments the builder accepts (name -> :class:`Arg`); any other
+    argument is refused before the builder is called.
+    """
+    MODEL_ARGS[name] = dict(args or {})
     return MODELS.register(name)
 
 
@@ -56,66 +66,73 @@ def _replace_first_conv(model: nn.Module, in_chans: int) -> None:
     raise CompactError(f"{type(model).__name__} has no Conv2d whose input channels could be set to {in_chans}")
 
 
-def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+def _create_timm(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     import timm
 
-    if not timm.list_models(name) and not timm.list_pretrained(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:20]
+    # an exact architecture name (an optional ".tag" names pretrained weights): no wildcards, and none of
+    # timm's "hf-hub:" / "local-dir:" prefixes, which read a configuration from elsewhere
+    arch = name.split(".", 1)[0]
+    if not arch or arch not in set(timm.list_models()) or ":" in name or "*" in name or "?" in name:
+        close = timm.list_models(f"*{arch[:6]}*")[:20] if arch.isidentifier() else []
+        if not close:
+            raise CompactError(
+                f"unknown timm model {name!r}: give an architecture name as timm.list_models() lists it "
+                "(e.g. timm:resnet18), optionally with a .tag; no wildcards or hub/local prefixes"
+            )
         raise UnknownNameError("timm model", name, close, hint="(showing timm models with a similar name)")
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    kwargs = check_model_args("timm", TIMM_ARGS, kwargs, f"timm:{name}")
+    return _construct(
+        f"timm:{name}",
+        lambda: timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs),
+    )
 
 
-def _create_torchvision(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+def _construct(model: str, build: Callable[[], nn.Module]) -> nn.Module:
+    """Run a library constructor, turning its complaints about arguments and sizes into one clear error."""
+    try:
+        return build()
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        if isinstance(exc, CompactError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompactError(f"cannot build {model} with these arguments: {first}") from exc
+
+
+def _create_torchvision(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     import torchvision.models as tvm
 
     valid = tvm.list_models(module=tvm)  # classification models only
     if name not in valid:
         raise UnknownNameError("torchvision classification model", name, valid)
-    if pretrained:
-        model = tvm.get_model(name, weights="DEFAULT", **kwargs)
-        head_changed = _reset_classifier(model, num_classes)
-        if not head_changed:
-            raise CompactError(f"could not find the classifier of torchvision:{name} to set num_classes")
-    else:
-        # aux_logits heads of inception/googlenet would make forward return a tuple in train mode
-        if name in ("inception_v3", "googlenet"):
-            kwargs.setdefault("aux_logits", False)
-            kwargs.setdefault("init_weights", True)
-        model = tvm.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    kwargs = check_model_args("torchvision", TORCHVISION_ARGS, kwargs, f"torchvision:{name}")
+    # aux_logits heads of inception/googlenet would make forward return a tuple in train mode
+    if name in ("inception_v3", "googlenet"):
+        kwargs.setdefault("aux_logits", False)
+        kwargs.setdefault("init_weights", True)
+    # weights=None always: torchvision would download the named weights
+    model = _construct(
+        f"torchvision:{name}", lambda: tvm.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    )
     _replace_first_conv(model, in_chans)
     return model
 
 
-def _reset_classifier(model: nn.Module, num_classes: int) -> bool:
-    last_name, last = None, None
-    for n, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            last_name, last = n, m
-    if last is None or last.out_features == num_classes:
-        return last is not None
-    parent = model.get_submodule(last_name.rsplit(".", 1)[0]) if "." in last_name else model
-    setattr(parent, last_name.rsplit(".", 1)[-1], nn.Linear(last.in_features, num_classes))
-    return True
-
-
-def create_model(name: str, num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build a classifier by name.
+def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
+    """Build a classifier by name, freshly initialised (never with downloaded weights).
 
     ``name`` is one of :func:`list_models` (compact's own, e.g. ``cifar_resnet56``), ``timm:<name>`` or
-    ``torchvision:<name>``. ``pretrained`` downloads weights (online users only) for timm/torchvision.
+    ``torchvision:<name>``. ``kwargs`` must pass the family's allow-list (:mod:`compact.models.arguments`):
+    ``pretrained``, ``weights``, ``pretrained_cfg*``, ``checkpoint_path`` and layer names are refused.
     """
     if not isinstance(name, str) or not name:
         raise CompactError(f"model name must be a non-empty string, got {name!r}")
-    if num_classes <= 0:
-        raise CompactError(f"num_classes must be > 0, got {num_classes}")
-    if in_chans <= 0:
-        raise CompactError(f"in_chans must be > 0, got {in_chans}")
+    check_sizes(num_classes, in_chans)
     prefix, sep, rest = name.partition(":")
     if sep:
         if prefix == "timm":
-            return _create_timm(rest, num_classes, in_chans, pretrained, **kwargs)
+            return _create_timm(rest, num_classes, in_chans, **kwargs)
         if prefix == "torchvision":
-            return _create_torchvision(rest, num_classes, in_chans, pretrained, **kwargs)
+            return _create_torchvision(rest, num_classes, in_chans, **kwargs)
         raise CompactError(f"unknown model prefix {prefix!r} in {name!r}; valid prefixes: {', '.join(PREFIXES)}")
     if name not in MODELS:
         similar = [n for n in MODELS.names() if fnmatch.fnmatchcase(n, f"*{name}*")]
@@ -126,6 +143,5 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3, pretrained
             hint=("did you mean " + ", ".join(similar) + "? " if similar else "")
             + "timm and torchvision models are named timm:<name> and torchvision:<name>",
         )
-    if pretrained:
-        raise CompactError(f"no pretrained weights are published for {name}; train it with compact train")
-    return MODELS.get(name)(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    kwargs = check_model_args(name, MODEL_ARGS.get(name, {}), kwargs, name)
+    return _construct(name, lambda: MODELS.get(name)(num_classes=num_classes, in_chans=in_chans, **kwargs))

@@ -16,6 +16,7 @@ from torch import nn
 
 from compact.errors import CompactError
 from compact.models._builder import register_model
+from compact.models.arguments import Arg
 
 _SHORTCUTS = ("A", "B")
 
@@ -111,4 +112,7 @@ def _make(depth: int):
 
 
 for _depth in (20, 32, 44, 56, 110):
-    register_model(f"cifar_resnet{_depth}")(_make(_depth))
+    register_model(
+        f"cifar_resnet{_depth}",
+        args={"shortcut": Arg("choice", choices=("A", "B"), help="A: zero-padding shortcuts, B: 1x1 projections")},
+    )(_make(_depth))

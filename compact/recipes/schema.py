@@ -210,4 +210,4 @@ def _validate(kind: str, spec: dict[str, Any], defaults: dict[str, Any], data: d
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file (YAML, loaded with ``safe_load``), or a shipped recipe by name."""
     path = resolve("recipe", path)
-    return parse_recipe(read_yaml(path), str(path))
+    return parse_recipe(read_yaml(path, "recipe"), str(path))
