@@ -48,6 +48,9 @@ def test_idx_roundtrip_and_corrupt_files(tmp_path):
 def test_missing_dataset_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "nowhere")
     with pytest.raises(CompactError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(None)
+    # an explicit --data-dir is never passed over for another copy: it holds the files or it is an error
+    with pytest.raises(CompactError, match="not found in --data-dir"):
         load_fashion_mnist(tmp_path)
 
 

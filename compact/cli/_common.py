@@ -8,10 +8,14 @@ from compact.errors import CompactError
 
 
 def _int_list(text: str) -> list[int]:
+    """Comma-separated positive integers (at least one)."""
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected one or more positive integers such as 1,64, got {text!r}")
+    return values
 
 
 def _str_list(text: str) -> list[str]:
@@ -23,9 +27,31 @@ def _size(text: str) -> tuple[int, ...]:
         size = tuple(int(t) for t in text.lower().replace("x", ",").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,32,32, got {text!r}") from None
-    if len(size) != 3 or min(size) <= 0:
-        raise argparse.ArgumentTypeError(f"expected three positive sizes C,H,W, got {text!r}")
+    if len(size) != 3 or min(size) <= 0 or size[0] > 64 or max(size[1:]) > 2048:
+        raise argparse.ArgumentTypeError(f"expected C,H,W with C in 1..64 and H, W in 1..2048, got {text!r}")
     return size
+
+
+def check_output_file(path: str, option: str) -> None:
+    """A file the command will write: not a folder, and its folder not a file."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise CompactError(f"{option} {path} is a folder; give a file name")
+    if any(q.exists() and not q.is_dir() for q in p.parents):
+        raise CompactError(f"{option} {path}: a parent of it is a file, not a folder")
+
+
+def check_output_dir(path: str, option: str) -> None:
+    """A folder the command will write into: not a file, and no parent of it a file."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CompactError(f"{option} {path} is a file; give a folder")
+    if any(q.exists() and not q.is_dir() for q in p.parents):
+        raise CompactError(f"{option} {path}: a parent of it is a file, not a folder")
 
 
 def add_placement_args(g, default) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from compact.cli._common import _int_list
+from compact.cli._common import _int_list, check_output_file
 from compact.errors import CompactError
 
 
@@ -28,6 +28,12 @@ def _cmd_profile(args) -> int:
 
     if args.rounds < 1 or args.repeats < 1:
         raise CompactError("--rounds and --repeats must be >= 1")
+    if max(args.batch) > 4096:
+        raise CompactError(f"--batch sizes must lie in 1..4096, got {max(args.batch)}")
+    if args.threads is not None and args.threads < 1:
+        raise CompactError(f"--threads must be >= 1, got {args.threads}")
+    if args.json:
+        check_output_file(args.json, "--json")
     targets = [load_target(t, args.exit) for t in args.targets]
     profiles = profile_models(
         targets,

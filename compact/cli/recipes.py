@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from compact.cli._common import check_output_dir
 from compact.errors import CompactError
 
 
@@ -23,7 +24,12 @@ def _cmd_run(args) -> int:
     from compact.recipes import RunSettings, load_recipe, run_recipe
 
     recipe = load_recipe(args.recipe)
-    out = Path(args.out or Path("runs") / recipe.name)
+    out = Path(args.out or Path("runs") / recipe.name)  # the name is a plain path component (validated)
+    check_output_dir(str(out), "--out")
+    if args.data is not None:
+        from compact.data import check_dataset_name
+
+        check_dataset_name(args.data, "--data")
     settings = RunSettings(smoke=args.smoke, data=args.data, data_dir=args.data_dir, progress=args.progress)
     run_recipe(recipe, out, settings, log=lambda m: print(m, flush=True))
     print(f"all entries of {recipe.name} are done in {out}; make the report with: compact report {out}")
@@ -42,6 +48,8 @@ def _cmd_report(args) -> int:
     from compact.report import make_report
 
     run = Path(args.run)
+    if args.out:
+        check_output_dir(args.out, "--out")
     if not (run / "recipe.json").is_file():
         raise CompactError(f"{run} is not the output folder of compact run (no recipe.json)")
     result = make_report(run, Path(args.out) if args.out else run / "report", partial=args.partial)

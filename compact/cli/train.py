@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from compact._yaml import load_yaml_text, plain_value
-from compact.cli._common import add_model_args
+from compact.cli._common import add_model_args, check_output_dir, check_output_file
 from compact.errors import CompactError
 
 S = argparse.SUPPRESS
@@ -145,6 +145,7 @@ def _cmd_train(args) -> int:
 
     if (args.out is None) == (args.resume is None):
         raise CompactError("give either --out RUN (a new run) or --resume RUN (continue one)")
+    check_output_dir(args.out or args.resume, "--out" if args.out else "--resume")
     cli = _config_values(args)
     if args.smoke:
         if args.resume:
@@ -282,6 +283,7 @@ def _add_export(sub) -> None:
 def _cmd_export(args) -> int:
     from compact.engine import export_output
 
+    check_output_file(args.out, "--out")
     net, info, _, _ = _load_target(Path(args.target), "cpu")
     if not hasattr(net, "exit_nodes"):
         raise CompactError(

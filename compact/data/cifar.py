@@ -85,11 +85,20 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 
 def safe_unpickle(path: Path) -> object:
     """Unpickle ``path`` allowing nothing but numpy arrays, strings, numbers and containers."""
+    if path.stat().st_size > MAX_PICKLE_BYTES:
+        raise CompactError(f"{path} is larger than any CIFAR file ({MAX_PICKLE_BYTES >> 20} MB at most)")
     try:
         data = path.read_bytes()
         return _ArraysOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise CompactError(f"cannot read {path}: {exc} (corrupt, truncated or not a CIFAR batch)") from exc
+    except MemoryError:
+        raise CompactError(f"cannot read {path}: it asks for more memory than a CIFAR batch needs") from None
+    except Exception as exc:  # the unpickler raises many types for crafted bytes; none may escape raw
+        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CompactError(f"cannot read {path}: {first} (corrupt, truncated or not a CIFAR batch)") from None
+
+
+#: the largest CIFAR pickle read (a batch of torchvision's layout is about 31 MB, CIFAR-100's train 155 MB)
+MAX_PICKLE_BYTES = 256 << 20
 
 
 def _locate(spec: _Cifar, data_dir: Path) -> tuple[str, Path] | None:

@@ -17,6 +17,8 @@ from compact.errors import CompactError
 
 DATASETS: Registry[Callable[..., Data]] = Registry("dataset")
 PREFIXED = ("imagefolder:PATH",)
+#: the largest image side compact resizes to (larger inputs are refused before anything is allocated)
+MAX_IMAGE_SIZE = 2048
 
 
 @dataclass
@@ -37,14 +39,23 @@ class DataOptions:
     workers: int = 2
 
     def __post_init__(self) -> None:
+        def is_int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
         for key in ("subset", "test_subset"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value <= 0):
+            if value is not None and (not is_int(value) or value <= 0):
                 raise CompactError(f"{key} must be a positive number of images, got {value!r}")
-        if self.image_size <= 0:
-            raise CompactError(f"image_size must be > 0, got {self.image_size}")
-        if self.workers < 0:
-            raise CompactError(f"workers must be >= 0, got {self.workers}")
+        if not is_int(self.image_size) or not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise CompactError(f"image_size must be an integer in 1..{MAX_IMAGE_SIZE}, got {self.image_size!r}")
+        if not is_int(self.workers) or not 0 <= self.workers <= 256:
+            raise CompactError(f"workers must be an integer in 0..256, got {self.workers!r}")
+        if not is_int(self.seed) or self.seed < 0:
+            raise CompactError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.download, bool):
+            raise CompactError(f"download must be true or false, got {self.download!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise CompactError(f"data_dir must be a path, got {self.data_dir!r}")
 
 
 @dataclass
@@ -132,6 +143,11 @@ def _image_folder(root: str, opts: DataOptions, in_chans: int) -> Data:
     size = opts.image_size
     train = image_folder(root, "train", size, train=True, in_chans=in_chans)
     test = image_folder(root, "val", size, train=False, in_chans=in_chans)
+    if len(train.classes) < 2:
+        raise CompactError(
+            f"{root}/train has {len(train.classes)} class folder(s) ({', '.join(train.classes)}); a classifier needs "
+            "at least two (one sub-folder of images per class)"
+        )
     if train.classes != test.classes:
         raise CompactError(
             f"{root}: train/ and val/ have different classes ({len(train.classes)} vs {len(test.classes)}); "
@@ -183,3 +199,10 @@ def load_data(opts: DataOptions, in_chans: int = 3) -> Data:
 
 def list_datasets() -> list[str]:
     return [*DATASETS.names(), *PREFIXED]
+
+
+def check_dataset_name(name: object, where: str = "dataset") -> str:
+    """``name`` if it names a dataset :func:`load_data` knows (without loading it), else a clear error."""
+    if isinstance(name, str) and (name in DATASETS or (name.startswith("imagefolder:") and len(name) > 12)):
+        return name
+    raise CompactError(f"{where}: unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}")

@@ -1,8 +1,9 @@
 """Fashion-MNIST (Xiao et al. 2017; MIT licence): 60,000 train / 10,000 test 28x28 grayscale images.
 
-Looked for, in order: Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``),
-then ``data_dir`` (the four IDX files, gzip-compressed or not, directly in it or in torchvision's
-``FashionMNIST/raw`` layout); with ``download=True`` (online users), torchvision downloads into ``data_dir``.
+Looked for in ``data_dir`` when one is given (the four IDX files, gzip-compressed or not, directly in it or
+in torchvision's ``FashionMNIST/raw`` layout; an explicit folder is never passed over for another copy),
+else in Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``); with
+``download=True`` (online users), torchvision downloads into ``data_dir``.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def _candidate_dirs(data_dir: str | Path | None) -> list[Path]:
-    dirs = [SYSTEM_DIR]
-    if data_dir is not None:
-        d = Path(data_dir)
-        dirs += [d, d / "fashion-mnist", d / "FashionMNIST" / "raw"]
-    return dirs
+    if data_dir is None:
+        return [SYSTEM_DIR]
+    d = Path(data_dir)
+    return [d, d / "fashion-mnist", d / "FashionMNIST" / "raw"]
 
 
 def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
@@ -59,6 +59,11 @@ def load_fashion_mnist(data_dir: str | Path | None = None, download: bool = Fals
         directory = find_fashion_mnist(data_dir)
     if directory is None:
         looked = ", ".join(str(d) for d in _candidate_dirs(data_dir))
+        if data_dir is not None:
+            raise CompactError(
+                f"Fashion-MNIST not found in --data-dir {data_dir} (looked in {looked}); put the four IDX files "
+                "there, pass --download when online, or leave --data-dir out to use Debian's copy"
+            )
         raise CompactError(
             f"Fashion-MNIST not found (looked in {looked}). Install it with: {INSTALL_HINT} "
             "(Debian), or put the four IDX files in --data-dir, or pass --download when online"

@@ -10,6 +10,7 @@ runs see the same batches either way.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,9 +50,71 @@ def image_folder(root: str | Path, split: str, size: int, train: bool, in_chans:
         raise CompactError(f"image folders are read as 1 or 3 channels, not {in_chans}")
     tf = transforms.Compose([_Convert(mode), *geometry, transforms.ToTensor(), transforms.Normalize(mean, std)])
     try:
-        return datasets.ImageFolder(str(path), transform=tf)
+        dataset = datasets.ImageFolder(str(path), transform=tf, loader=load_image)
     except FileNotFoundError as exc:
-        raise CompactError(f"{path}: {exc} (an image folder needs one sub-folder of images per class)") from exc
+        raise CompactError(f"{path}: {exc} (an image folder needs one sub-folder of images per class)") from None
+    skipped = check_images(dataset)
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(
+            f"warning: {path}: skipped {len(skipped)} file(s) that are not readable images ({shown})",
+            file=sys.stderr,
+        )
+    if not dataset.samples:
+        raise CompactError(f"{path} holds no readable images")
+    return dataset
+
+
+#: the most pixels an image may have (about 6300 x 6300); larger files are refused before they are decoded
+MAX_PIXELS = 40_000_000
+
+
+class BadImageError(CompactError):
+    """An image file that cannot be decoded (truncated or not an image), found while loading a batch."""
+
+
+def load_image(path: str):
+    """Open and decode one image (the file is closed afterwards); a broken file raises naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+            return image
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        raise BadImageError(f"cannot read image {path}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def check_images(dataset) -> list[str]:
+    """Read the header of every image of ``dataset`` (an ``ImageFolder``) up front: files that are not
+    images (or fail PIL's integrity check) are dropped from it and returned; an image larger than
+    :data:`MAX_PIXELS` is refused. Decoding is left to loading, where a broken file names itself."""
+    from PIL import Image
+
+    bad: list[str] = []
+    for file, _ in dataset.samples:
+        try:
+            with Image.open(file) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise CompactError(
+                        f"{file} is {width}x{height} pixels, more than compact decodes ({MAX_PIXELS:,}); "
+                        "resize it or remove it from the image folder"
+                    )
+                image.verify()
+        except CompactError:
+            raise
+        except Image.DecompressionBombError:
+            raise CompactError(f"{file} declares more pixels than compact decodes ({MAX_PIXELS:,})") from None
+        except Exception:
+            bad.append(file)
+    if bad:
+        drop = set(bad)
+        dataset.samples = [s for s in dataset.samples if s[0] not in drop]
+        dataset.imgs = dataset.samples
+        dataset.targets = [t for _, t in dataset.samples]
+    return bad
 
 
 class FolderLoader:
@@ -94,4 +157,7 @@ class FolderLoader:
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
-        yield from loader
+        try:
+            yield from loader
+        except BadImageError as exc:  # from a worker process its message carries the worker's traceback
+            raise BadImageError(str(exc).strip().splitlines()[-1].split("BadImageError: ", 1)[-1]) from None

@@ -8,7 +8,9 @@ MNIST-style images and labels are.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,28 +19,41 @@ import torch
 from compact.errors import CompactError
 
 
+#: the largest IDX payload read (Fashion-MNIST's training images are 47 MB): a file, or a gzip stream,
+#: declaring more is refused before anything of that size is allocated
+MAX_BYTES = 512 << 20
+
+
 def read_idx(path: str | Path) -> torch.Tensor:
-    """Return the uint8 tensor stored in ``path``; corrupt or truncated files raise naming the file."""
+    """Return the uint8 tensor stored in ``path``; corrupt, truncated or oversized files raise naming the file."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:  # gzip's CRC/length errors are OSError/EOFError
-        raise CompactError(f"cannot read {path}: {exc} (the file is corrupt or truncated)") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise CompactError(f"{path} is not an IDX file (bad magic number)")
-    dtype, ndim = raw[2], raw[3]
-    if dtype != 0x08:
-        raise CompactError(f"{path}: IDX type 0x{dtype:02x} is not supported (only unsigned bytes, 0x08)")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise CompactError(f"{path} is truncated (incomplete IDX header)")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(shape)) if shape else 0
-    if len(raw) - header != expected:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise CompactError(f"{path} is not an IDX file (bad magic number)")
+            dtype, ndim = head[2], head[3]
+            if dtype != 0x08:
+                raise CompactError(f"{path}: IDX type 0x{dtype:02x} is not supported (only unsigned bytes, 0x08)")
+            if not 1 <= ndim <= 4:
+                raise CompactError(f"{path}: IDX files of {ndim} dimensions are not supported (1..4)")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise CompactError(f"{path} is truncated (incomplete IDX header)")
+            shape = struct.unpack(f">{ndim}I", dims)
+            expected = math.prod(shape)
+            if expected > MAX_BYTES:
+                raise CompactError(
+                    f"{path}: the header declares shape {shape} ({expected:,} bytes), more than the "
+                    f"{MAX_BYTES >> 20} MB compact reads from an IDX file"
+                )
+            raw = f.read(expected + 1)  # one byte more: a longer file is corrupt too
+    except (OSError, EOFError, zlib.error) as exc:  # gzip's CRC/length errors are OSError/EOFError
+        raise CompactError(f"cannot read {path}: {exc} (the file is corrupt or truncated)") from None
+    if len(raw) != expected:
         raise CompactError(
             f"{path} is truncated or corrupt: header says shape {shape} ({expected} bytes), "
-            f"file holds {len(raw) - header} bytes of data"
+            f"file holds {'more' if len(raw) > expected else len(raw)} bytes of data"
         )
-    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy())
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy())

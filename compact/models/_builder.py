@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -69,6 +70,17 @@ def _replace_first_conv(model: nn.Module, in_chans: int) -> None:
 def _create_timm(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     import timm
 
+    _check_timm_name(name)
+    kwargs = check_model_args("timm", TIMM_ARGS, kwargs, f"timm:{name}")
+    return _construct(
+        f"timm:{name}",
+        lambda: timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs),
+    )
+
+
+def _check_timm_name(name: str) -> None:
+    import timm
+
     # an exact architecture name (an optional ".tag" names pretrained weights): no wildcards, and none of
     # timm's "hf-hub:" / "local-dir:" prefixes, which read a configuration from elsewhere
     arch = name.split(".", 1)[0]
@@ -80,11 +92,6 @@ def _create_timm(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Mod
                 "(e.g. timm:resnet18), optionally with a .tag; no wildcards or hub/local prefixes"
             )
         raise UnknownNameError("timm model", name, close, hint="(showing timm models with a similar name)")
-    kwargs = check_model_args("timm", TIMM_ARGS, kwargs, f"timm:{name}")
-    return _construct(
-        f"timm:{name}",
-        lambda: timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs),
-    )
 
 
 def _construct(model: str, build: Callable[[], nn.Module]) -> nn.Module:
@@ -101,9 +108,7 @@ def _construct(model: str, build: Callable[[], nn.Module]) -> nn.Module:
 def _create_torchvision(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     import torchvision.models as tvm
 
-    valid = tvm.list_models(module=tvm)  # classification models only
-    if name not in valid:
-        raise UnknownNameError("torchvision classification model", name, valid)
+    _check_torchvision_name(name)
     kwargs = check_model_args("torchvision", TORCHVISION_ARGS, kwargs, f"torchvision:{name}")
     # aux_logits heads of inception/googlenet would make forward return a tuple in train mode
     if name in ("inception_v3", "googlenet"):
@@ -115,6 +120,46 @@ def _create_torchvision(name: str, num_classes: int, in_chans: int, **kwargs) ->
     )
     _replace_first_conv(model, in_chans)
     return model
+
+
+def _check_torchvision_name(name: str) -> None:
+    import torchvision.models as tvm
+
+    valid = tvm.list_models(module=tvm)  # classification models only
+    if name not in valid:
+        raise UnknownNameError("torchvision classification model", name, valid)
+
+
+def check_model_spec(name: Any, kwargs: Any = None) -> None:
+    """Check a model name and its extra arguments as :func:`create_model` would, without building it (to
+    validate a recipe or configuration before hours of work)."""
+    if not isinstance(name, str) or not name:
+        raise CompactError(f"model name must be a non-empty string, got {name!r}")
+    kwargs = {} if kwargs is None else kwargs
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix == "timm":
+        _check_timm_name(rest)
+        check_model_args("timm", TIMM_ARGS, kwargs, name)
+    elif sep and prefix == "torchvision":
+        _check_torchvision_name(rest)
+        check_model_args("torchvision", TORCHVISION_ARGS, kwargs, name)
+    elif sep:
+        raise CompactError(f"unknown model prefix {prefix!r} in {name!r}; valid prefixes: {', '.join(PREFIXES)}")
+    else:
+        _check_own_name(name)
+        check_model_args(name, MODEL_ARGS.get(name, {}), kwargs, name)
+
+
+def _check_own_name(name: str) -> None:
+    if name not in MODELS:
+        similar = [n for n in MODELS.names() if fnmatch.fnmatchcase(n, f"*{name}*")]
+        raise UnknownNameError(
+            "model",
+            name,
+            MODELS.names(),
+            hint=("did you mean " + ", ".join(similar) + "? " if similar else "")
+            + "timm and torchvision models are named timm:<name> and torchvision:<name>",
+        )
 
 
 def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
@@ -134,14 +179,6 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) 
         if prefix == "torchvision":
             return _create_torchvision(rest, num_classes, in_chans, **kwargs)
         raise CompactError(f"unknown model prefix {prefix!r} in {name!r}; valid prefixes: {', '.join(PREFIXES)}")
-    if name not in MODELS:
-        similar = [n for n in MODELS.names() if fnmatch.fnmatchcase(n, f"*{name}*")]
-        raise UnknownNameError(
-            "model",
-            name,
-            MODELS.names(),
-            hint=("did you mean " + ", ".join(similar) + "? " if similar else "")
-            + "timm and torchvision models are named timm:<name> and torchvision:<name>",
-        )
+    _check_own_name(name)
     kwargs = check_model_args(name, MODEL_ARGS.get(name, {}), kwargs, name)
     return _construct(name, lambda: MODELS.get(name)(num_classes=num_classes, in_chans=in_chans, **kwargs))

@@ -19,6 +19,7 @@ first convolution of each block is pruned, as in Li et al. (2017); with 1x1-conv
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,16 +75,20 @@ class PruneSettings:
     round_to: int | None = 8
 
     def __post_init__(self) -> None:
-        if self.allocation not in ALLOCATIONS:
+        if not isinstance(self.allocation, str) or self.allocation not in ALLOCATIONS:
             raise CompactError(f"unknown allocation {self.allocation!r}; valid: {', '.join(ALLOCATIONS)}")
-        if not 0 < self.max_layer_ratio < 1:
-            raise CompactError(f"the per-layer cap must be in (0, 1), got {self.max_layer_ratio}")
-        if self.round_to is not None and self.round_to < 1:
-            raise CompactError(f"round_to must be >= 1, got {self.round_to}")
+        ratio = self.max_layer_ratio
+        if not isinstance(ratio, int | float) or isinstance(ratio, bool) or not 0 < ratio < 1:
+            raise CompactError(f"the per-layer cap (max_layer_ratio) must be a number in (0, 1), got {ratio!r}")
+        r = self.round_to
+        if r is not None and (not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= 1024):
+            raise CompactError(f"round_to must be an integer in 1..1024, got {r!r}")
 
 
 def parse_macs(text: str | int | float) -> int:
     """``63M``, ``1.2G``, ``500K`` or a plain number of MACs."""
+    if isinstance(text, bool):
+        raise CompactError(f"a MACs target is a number such as 63M, got {text!r}")
     if isinstance(text, int | float):
         value = float(text)
     else:
@@ -91,9 +96,13 @@ def parse_macs(text: str | int | float) -> int:
         if not m:
             raise CompactError(f"cannot read {text!r} as a number of MACs (examples: 63M, 1.2G, 500K)")
         value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
-    if value <= 0:
-        raise CompactError(f"a MACs target must be > 0, got {text!r}")
+    if not math.isfinite(value) or value < 1 or value > MAX_MACS:
+        raise CompactError(f"a MACs target must lie in 1..{MAX_MACS:.0e}, got {text!r}")
     return int(round(value))
+
+
+#: the largest MACs target accepted (a thousand times the largest ImageNet classifiers)
+MAX_MACS = 1e15
 
 
 def never_pruned(model: nn.Module) -> list[nn.Module]:

@@ -6,6 +6,7 @@ Layout of the output folder::
     <entry>/seed<s>/                 a run folder (train, probe) or a pruning job folder (prune)
     <entry>/seed<s>/exports/output<k>.safetensors (+ .profile.json)   every output of a trained network
     <entry>/seed<s>/pruned.profile.json                               the profile of a pruned model
+    <entry>/seed<s>/entry.json       marks the folder as this recipe's (only such folders are ever replaced)
     <entry>/seed<s>/done.json        written when the entry's training is finished: skipped next time
 
 An entry that stopped half-way (a killed run) is resumed from its checkpoint. When every entry is done,
@@ -30,6 +31,8 @@ SMOKE_PROFILE = {"batches": [1, 2], "rounds": 1, "repeats": 1}
 #: a smoke run checks that pruning runs, not that it lands on the target: a coarse, quick search
 SMOKE_SEARCH = {"steps": 3, "tolerance": 0.5, "refine": False}
 DONE = "done.json"
+#: the stamp of an output folder (recipe and settings) and the marker of each entry folder it made
+STAMP, MARK = "recipe.json", "entry.json"
 
 
 @dataclass
@@ -72,18 +75,46 @@ def _schedule(recipe: Recipe, settings: RunSettings, seed: int, spec: dict[str, 
 
 
 def check_output(out: Path, recipe: Recipe, settings: RunSettings) -> None:
-    """Refuse an output folder that holds a run of another recipe (or of other settings)."""
+    """Refuse an output folder that holds a run of another recipe (or of other settings), or files that
+    ``compact run`` did not write; stamp a new one with the recipe and settings."""
     stamp = {"recipe": recipe.source, "settings": settings.to_dict()}
-    path = out / "recipe.json"
+    path = out / STAMP
+    if out.exists() and not out.is_dir():
+        raise CompactError(f"output folder {out} exists and is not a folder")
     if path.is_file():
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise CompactError(f"{path} is damaged; use another --out") from None
         if stored != json.loads(json.dumps(stamp)):
-            name = stored.get("recipe", {}).get("name", "?")
+            name = stored.get("recipe", {}).get("name", "?") if isinstance(stored, dict) else "?"
+            name = name if isinstance(name, str) else "?"
             raise CompactError(
                 f"{out} holds a run of recipe {name!r} with other contents or settings; use another --out"
             )
-    else:
-        write_text(path, json.dumps(stamp, indent=2) + "\n")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise CompactError(f"{out} is not empty and holds no compact run ({STAMP}); use an empty or new --out")
+    write_text(path, json.dumps(stamp, indent=2) + "\n")
+
+
+def claim(out: Path, folder: Path, entry: str, seed: int) -> None:
+    """Make ``folder`` this recipe's folder for ``entry`` and ``seed`` (a marker file), or check that it
+    is: a recipe replaces files only in folders it made itself, and never outside ``out``."""
+    if not folder.resolve().is_relative_to(out.resolve()):
+        raise CompactError(f"{folder} leads outside the output folder {out} (a link?); refusing to write there")
+    mark = folder / MARK
+    want = {"entry": entry, "seed": seed}
+    if mark.is_file():
+        try:
+            if json.loads(mark.read_text()) == want:
+                return
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            pass
+        raise CompactError(f"{folder} belongs to another entry or seed ({mark} differs); use another --out")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise CompactError(f"{folder} holds files that compact run did not make; move them away or use another --out")
+    write_text(mark, json.dumps(want) + "\n")
 
 
 def run_recipe(
@@ -92,7 +123,6 @@ def run_recipe(
     """Run (or continue) every entry for every seed; returns one status record per entry and seed."""
     settings = settings or RunSettings()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     check_output(out, recipe, settings)
     order = recipe.ordered()
     jobs = [(seed, e) for seed in seeds_of(recipe, settings.smoke) for e in order]
@@ -105,6 +135,7 @@ def run_recipe(
             statuses.append(json.loads((folder / DONE).read_text()))
             continue
         log(f"{head} ...")
+        claim(out, folder, entry.name, seed)
         t0 = time.perf_counter()
         runner = {"train": _train, "probe": _probe, "prune": _prune}[entry.kind]
         runner(recipe, entry, seed, out, settings, log)

@@ -20,6 +20,7 @@ Every entry runs once per seed. ``match`` names an entry and one of its outputs 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,20 @@ class Recipe:
         return done
 
 
+#: names that become folder names: letters, digits, ``-``, ``_`` and ``.``, not starting with ``.``
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
+
+
+def check_name(value: Any, where: str) -> str:
+    """``value`` if it is a plain name usable as one path component (never ``..``, ``/``, ``:``, absolute)."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise CompactError(
+            f"{where} must be a plain name (letters, digits, '-', '_', '.'; not starting with '.'; at most 100 "
+            f"characters), got {value!r}"
+        )
+    return value
+
+
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -124,14 +139,18 @@ def parse_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     """Validate a recipe mapping; every error names the key and the entry."""
     raw = _mapping(raw, where)
     _check_keys(raw, TOP_KEYS, where)
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise CompactError(f"{where}: 'name' (a non-empty string) is required")
+    name = check_name(raw.get("name"), f"{where}: 'name'")
     data = _mapping(raw.get("data"), f"{where}: data")
     _check_keys(data, DATA_KEYS, f"{where}: data")
+    _check_data(data, f"{where}: data")
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise CompactError(f"{where}: seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if (
+        not isinstance(seeds, list)
+        or not 0 < len(seeds) <= 100
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise CompactError(f"{where}: seeds must be a list of 1..100 distinct integers >= 0, got {seeds!r}")
     defaults = _mapping(raw.get("train_defaults"), f"{where}: train_defaults")
     _check_keys(defaults, set(TrainConfig.keys()) - {"model", "data", "method"}, f"{where}: train_defaults")
     profile = {
@@ -143,17 +162,14 @@ def parse_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
         **_mapping(raw.get("profile"), f"{where}: profile"),
     }
     _check_keys(profile, PROFILE_KEYS, f"{where}: profile")
-    if not isinstance(profile["batches"], list) or not all(isinstance(b, int) and b > 0 for b in profile["batches"]):
-        raise CompactError(f"{where}: profile.batches must be a list of positive integers, got {profile['batches']!r}")
+    _check_profile(profile, f"{where}: profile")
     entries_raw = raw.get("entries")
     if not isinstance(entries_raw, list) or not entries_raw:
         raise CompactError(f"{where}: 'entries' must be a non-empty list")
     entries: list[Entry] = []
     for i, item in enumerate(entries_raw):
         item = _mapping(item, f"{where}: entries[{i}]")
-        ename = item.get("name")
-        if not isinstance(ename, str) or not ename or "/" in ename or ":" in ename:
-            raise CompactError(f"{where}: entries[{i}] needs a 'name' (no '/' or ':'), got {ename!r}")
+        ename = check_name(item.get("name"), f"{where}: entries[{i}].name")
         at = f"{where}: entry {ename!r}"
         if any(e.name == ename for e in entries):
             raise CompactError(f"{at} is defined twice")
@@ -164,47 +180,147 @@ def parse_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
         kind = kinds[0]
         spec = _mapping(item[kind], f"{at}: {kind}")
         _validate(kind, spec, defaults, data, at)
-        entries.append(Entry(ename, kind, spec, str(item.get("label", ename))))
+        label = item.get("label", ename)
+        if not isinstance(label, str | int | float) or len(str(label)) > 200:
+            raise CompactError(f"{at}: label must be a short text, got {label!r}"[:300])
+        entries.append(Entry(ename, kind, spec, str(label)))
     recipe = Recipe(name, data, seeds, defaults, profile, entries, str(raw.get("description", "")), raw)
     names = {e.name for e in entries}
     for e in entries:
         for ref in e.references():
-            if ref not in names:
+            if not isinstance(ref, str) or ref not in names:
                 raise CompactError(
                     f"{where}: entry {e.name!r} refers to unknown entry {ref!r}; entries: {', '.join(sorted(names))}"
                 )
-        if e.kind == "prune" and e.spec.get("match"):
-            ref, _, which = str(e.spec["match"]).partition(":")
-            if recipe.entry(ref).kind == "prune" and which not in ("", "final"):
-                raise CompactError(f"{where}: entry {e.name!r}: a pruned entry has only its final output to match")
     recipe.ordered()  # cycles
+    for e in entries:
+        _check_references(recipe, e, f"{where}: entry {e.name!r}")
     return recipe
 
 
+def num_outputs(recipe: Recipe, entry: Entry) -> int:
+    """How many outputs an entry's network has (final included), known from the recipe alone."""
+    if entry.kind == "prune":
+        return 1
+    spec = entry.spec
+    if entry.kind == "probe" and spec.get("exits_like"):
+        return num_outputs(recipe, recipe.entry(spec["exits_like"]))
+    if entry.kind == "train":
+        spec = {**recipe.train_defaults, **spec}
+    if spec.get("exits") is not None:
+        return int(spec["exits"])
+    for key in ("exit_blocks", "exit_layers", "exit_nodes"):
+        if spec.get(key) is not None:
+            return len(spec[key]) + 1
+    return 1
+
+
+def _check_references(recipe: Recipe, e: Entry, at: str) -> None:
+    """What an entry refers to exists and has what the entry needs (checked before anything runs)."""
+    if e.kind == "probe":
+        if recipe.entry(e.spec["of"]).kind != "train":
+            raise CompactError(f"{at}: probe 'of' must name a trained entry, {e.spec['of']!r} is not one")
+        like = e.spec.get("exits_like")
+        if like is not None and num_outputs(recipe, recipe.entry(like)) < 2:
+            raise CompactError(f"{at}: exits_like {like!r} has no auxiliary exits to copy")
+    if e.kind != "prune":
+        return
+    if recipe.entry(e.spec["from"]).kind == "prune":
+        raise CompactError(f"{at}: prune 'from' must name a trained entry, {e.spec['from']!r} is a pruned one")
+    match = e.spec.get("match")
+    if match is None:
+        return
+    if not isinstance(match, str):
+        raise CompactError(f"{at}: match must be 'ENTRY', 'ENTRY:final' or 'ENTRY:K', got {match!r}")
+    ref, _, which = match.partition(":")
+    n = num_outputs(recipe, recipe.entry(ref))
+    if which in ("", "final"):
+        return
+    if recipe.entry(ref).kind == "prune":
+        raise CompactError(f"{at}: a pruned entry has only its final output to match, got {match!r}")
+    if not re.fullmatch(r"[0-9]+", which) or int(which) >= n:
+        raise CompactError(f"{at}: match {match!r}: {ref} has outputs 0..{n - 1} or 'final'")
+
+
+def _check_data(data: dict[str, Any], at: str) -> None:
+    from compact.data import DataOptions, check_dataset_name
+
+    check_dataset_name(data.get("name", "fashion-mnist"), at)
+    try:
+        DataOptions(**{k: v for k, v in data.items()})
+    except TypeError as exc:
+        raise CompactError(f"{at}: {exc}") from None
+
+
+def _check_profile(profile: dict[str, Any], at: str) -> None:
+    def count(v: Any, low: int, high: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+    if not isinstance(profile["onnx"], bool):
+        raise CompactError(f"{at}: onnx must be true or false, got {profile['onnx']!r}")
+    batches = profile["batches"]
+    if not isinstance(batches, list) or not batches or not all(count(b, 1, 4096) for b in batches):
+        raise CompactError(f"{at}: batches must be a non-empty list of integers in 1..4096, got {batches!r}")
+    for key in ("rounds", "repeats"):
+        if not count(profile[key], 1, 10_000):
+            raise CompactError(f"{at}: {key} must be an integer in 1..10000, got {profile[key]!r}")
+    if profile["threads"] is not None and not count(profile["threads"], 1, 1024):
+        raise CompactError(f"{at}: threads must be null or an integer >= 1, got {profile['threads']!r}")
+
+
 def _validate(kind: str, spec: dict[str, Any], defaults: dict[str, Any], data: dict[str, Any], at: str) -> None:
+    from compact.models._builder import check_model_spec
+
     if kind == "train":
         # build the TrainConfig once: unknown keys and bad values are reported now, not mid-run
-        TrainConfig.from_dict({**defaults, "data": data.get("name", "fashion-mnist"), **spec}, f"{at}: train")
+        cfg = TrainConfig.from_dict({**defaults, "data": data.get("name", "fashion-mnist"), **spec}, f"{at}: train")
+        check_model_spec(cfg.model, cfg.model_kwargs)
+        if cfg.init_from is not None:
+            raise CompactError(f"{at}: init_from is not a recipe key (a recipe builds on its own entries)")
     elif kind == "probe":
         extra = set(spec) - PROBE_KEYS
         schedule = {k: spec[k] for k in extra}
-        _check_keys({k: None for k in extra}, set(TrainConfig.keys()), f"{at}: probe")
+        _check_keys(
+            {k: None for k in extra}, set(TrainConfig.keys()) - {"model", "init_from", "method"}, f"{at}: probe"
+        )
         if "of" not in spec:
             raise CompactError(f"{at}: probe needs 'of' (the trained entry whose trunk is frozen)")
-        TrainConfig.from_dict({"model": "x", **schedule}, f"{at}: probe")
+        if spec.get("exits_like") is not None and any(spec.get(k) is not None for k in PLACEMENT_KEYS):
+            raise CompactError(f"{at}: give exits_like or one of {', '.join(PLACEMENT_KEYS)}, not both")
+        placement = {k: spec[k] for k in PLACEMENT_KEYS if k in spec}
+        if spec.get("exits_like") is None and not placement:
+            raise CompactError(f"{at}: probe needs exits_like or one of {', '.join(PLACEMENT_KEYS)}")
+        TrainConfig.from_dict({"model": "x", **schedule, **placement}, f"{at}: probe")
     else:
         _check_keys(spec, PRUNE_KEYS, f"{at}: prune")
         for key in ("from", "method"):
             if key not in spec:
                 raise CompactError(f"{at}: prune needs {key!r}")
-        from compact.prune import PRUNERS
+        from compact.prune import PRUNERS, PruneSettings
+        from compact.prune.base import parse_macs
+        from compact.prune.pfec import recipe_names
 
+        if not isinstance(spec["method"], str):
+            raise CompactError(f"{at}: prune method must be a name, got {spec['method']!r}")
         PRUNERS.get(spec["method"])
         targets = [k for k in ("match", "macs_ratio", "target_macs", "recipe") if spec.get(k) is not None]
         if len(targets) != 1:
             raise CompactError(f"{at}: prune needs exactly one of match, macs_ratio, target_macs, recipe")
+        ratio = spec.get("macs_ratio")
+        if ratio is not None and (not isinstance(ratio, int | float) or isinstance(ratio, bool) or not 0 < ratio < 1):
+            raise CompactError(f"{at}: macs_ratio is the fraction of MACs kept, in (0, 1); got {ratio!r}")
+        if spec.get("target_macs") is not None:
+            parse_macs(spec["target_macs"])
+        if spec.get("recipe") is not None and spec["recipe"] not in recipe_names():
+            raise CompactError(f"{at}: unknown recipe {spec['recipe']!r}; valid: {', '.join(recipe_names())}")
+        PruneSettings(
+            allocation=spec.get("allocation", "uniform"),
+            max_layer_ratio=spec.get("max_layer_ratio", 0.9),
+            round_to=spec.get("round_to", 8),
+        )
         finetune = _mapping(spec.get("finetune"), f"{at}: prune.finetune")
-        _check_keys(finetune, set(TrainConfig.keys()), f"{at}: prune.finetune")
+        _check_keys(finetune, set(TrainConfig.keys()) - {"model", "init_from", "method"}, f"{at}: prune.finetune")
+        TrainConfig.from_dict({"model": "x", **finetune}, f"{at}: prune.finetune")
 
 
 def load_recipe(path: str | Path) -> Recipe:

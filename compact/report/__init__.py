@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,12 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
     lines = [f"# {recipe.name}: compactness and accuracy", ""]
     if results.missing:
         lines += [f"**INCOMPLETE: {len(results.missing)} parts missing** ({'; '.join(results.missing[:5])}).", ""]
+    if results.failed:
+        lines += [
+            f"**FAILED: {len(results.failed)} model(s) have no valid test error** ({'; '.join(results.failed[:5])}); "
+            "they are left out of means and Pareto fronts.",
+            "",
+        ]
     if smoke:
         lines += ["**SMOKE RUN: one epoch on a few images per entry; the numbers mean nothing.**", ""]
     if recipe.description:
@@ -64,12 +71,12 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
             "report.md": markdown,
             "summary.md": summary,
             "table.csv": table["csv"],
-            "table.json": json.dumps(table["json"], indent=2) + "\n",
+            "table.json": _json(table["json"]),
             "exits.csv": exits["csv"],
-            "exits.json": json.dumps(exits["json"], indent=2) + "\n",
+            "exits.json": _json(exits["json"]),
         }
     )
-    files["pareto.json"] = json.dumps(plots, indent=2) + "\n"
+    files["pareto.json"] = _json(plots)
     for name, text in files.items():
         if text is not None:
             write_text(out / name, text)
@@ -80,6 +87,21 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
         "complete": not results.missing,
         "plots": plots,
     }
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(_finite(value), indent=2, allow_nan=False) + "\n"
 
 
 def _front_table(data: dict[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class Model:
     macs: list[int] = field(default_factory=list)
     macs_total: list[int] = field(default_factory=list)
     latency: dict[str, list[float]] = field(default_factory=dict)  # "onnxruntime/1" -> medians over seeds
+    failed: list[int] = field(default_factory=list)  # seeds whose test error is not a number (a diverged run)
 
     @property
     def name(self) -> str:
@@ -62,6 +64,7 @@ class Model:
             "seeds": len(self.errors),
             "test_error_pct": err,
             "test_error_std": err_std,
+            "failed_seeds": list(self.failed),
             "params": self.stat(self.params)[0],
             "macs_conv_linear": self.stat(self.macs)[0],
             "macs": self.stat(self.macs_total)[0],
@@ -78,13 +81,32 @@ class RunResults:
     models: list[Model]
     missing: list[str]
     seeds: list[int]
+    failed: list[str] = field(default_factory=list)
 
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CompactError(f"cannot read {path}: {exc}") from exc
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CompactError(f"cannot read {path}: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(data, dict):
+        raise CompactError(f"{path} is damaged: expected a JSON object")
+    return data
+
+
+def _field(data: dict[str, Any], key: str, path: Path, kind: type | tuple[type, ...]) -> Any:
+    """``data[key]`` if present and of ``kind``, else a :class:`CompactError` naming the file and key."""
+    value = data.get(key)
+    if key not in data or not isinstance(value, kind) or isinstance(value, bool):
+        raise CompactError(f"{path} is damaged or from another version: {key!r} is missing or of the wrong type")
+    return value
+
+
+def _error_value(value: Any) -> float | None:
+    """A test error as a finite float, or None for a failed (NaN, infinite, missing) one."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _add_profile(model: Model, profile_path: Path, missing: list[str]) -> None:
@@ -92,21 +114,42 @@ def _add_profile(model: Model, profile_path: Path, missing: list[str]) -> None:
         missing.append(f"{profile_path} (not profiled)")
         return
     prof = _read(profile_path)
-    model.params.append(prof["params"])
-    model.macs.append(prof["macs_conv_linear"])
-    model.macs_total.append(prof["macs"])
-    for runtime, by_batch in prof.get("latency_ms", {}).items():
+    model.params.append(_field(prof, "params", profile_path, int))
+    model.macs.append(_field(prof, "macs_conv_linear", profile_path, int))
+    model.macs_total.append(_field(prof, "macs", profile_path, int))
+    latency = prof.get("latency_ms", {})
+    if not isinstance(latency, dict):
+        raise CompactError(f"{profile_path} is damaged: 'latency_ms' must be a mapping")
+    for runtime, by_batch in latency.items():
+        if not isinstance(by_batch, dict):
+            raise CompactError(f"{profile_path} is damaged: latency_ms.{runtime} must be a mapping")
         for batch, timing in by_batch.items():
-            model.latency.setdefault(f"{runtime}/{batch}", []).append(timing["median"])
+            median = timing.get("median") if isinstance(timing, dict) else None
+            if _error_value(median) is None or not str(batch).isdigit():
+                raise CompactError(f"{profile_path} is damaged: latency_ms.{runtime}.{batch} has no median")
+            model.latency.setdefault(f"{runtime}/{batch}", []).append(median)
+
+
+def _add_error(m: Model, value: Any, seed: int, failed: list[str]) -> None:
+    err = _error_value(value)
+    if err is None:
+        m.failed.append(seed)
+        failed.append(f"{m.name} seed {seed} (test error {value!r})")
+    else:
+        m.errors.append(err)
 
 
 def collect(run: Path) -> RunResults:
-    """Every model of the run with its errors and profiles over seeds; ``missing`` lists what is absent."""
+    """Every model of the run with its errors and profiles over seeds; ``missing`` lists what is absent,
+    ``failed`` the models whose test error is not a number (they stay off every table mean and front)."""
     stamp = _read(run / "recipe.json")
-    recipe = parse_recipe(stamp["recipe"], str(run / "recipe.json"))
+    recipe = parse_recipe(_field(stamp, "recipe", run / "recipe.json", dict), str(run / "recipe.json"))
+    settings = stamp.get("settings", {})
+    settings = settings if isinstance(settings, dict) else {}
     models: dict[tuple[str, int | None], Model] = {}
     missing: list[str] = []
-    seeds = seeds_of(recipe, bool(stamp.get("settings", {}).get("smoke")))
+    failed: list[str] = []
+    seeds = seeds_of(recipe, bool(settings.get("smoke")))
     for entry in recipe.entries:
         for seed in seeds:
             folder = entry_dir(run, entry.name, seed)
@@ -114,23 +157,30 @@ def collect(run: Path) -> RunResults:
                 missing.append(f"{entry.name} seed {seed} (not finished)")
                 continue
             if entry.kind == "prune":
-                report = _read(folder / "prune.json")
+                path = folder / "prune.json"
+                report = _read(path)
+                method = _field(report, "method", path, str)
+                errors = _field(report, "test_error_pct", path, dict)
                 m = models.setdefault(
-                    (entry.name, None), Model(entry.name, entry.label, "prune", report["method"], None, 1, None)
+                    (entry.name, None), Model(entry.name, entry.label, "prune", method, None, 1, None)
                 )
-                m.errors.append(report["test_error_pct"]["final"])
+                _add_error(m, errors.get("final"), seed, failed)
                 _add_profile(m, folder / "pruned.profile.json", missing)
                 continue
-            summary = _read(folder / "summary.json")
-            outputs = summary["outputs"]
+            path = folder / "summary.json"
+            summary = _read(path)
+            outputs = _field(summary, "outputs", path, list)
+            method = _field(summary, "method", path, str)
             for row in outputs:
+                if not isinstance(row, dict) or not isinstance(row.get("output"), int):
+                    raise CompactError(f"{path} is damaged: every output needs an 'output' index")
                 k = row["output"]
-                if row["test_error_pct"] is None:
+                if row.get("test_error_pct") is None:
                     continue  # an output the method does not train (standard BP's heads)
+                depth = row.get("depth") if isinstance(row.get("depth"), int) else None
                 m = models.setdefault(
-                    (entry.name, k),
-                    Model(entry.name, entry.label, entry.kind, summary["method"], k, len(outputs), row["depth"]),
+                    (entry.name, k), Model(entry.name, entry.label, entry.kind, method, k, len(outputs), depth)
                 )
-                m.errors.append(row["test_error_pct"])
+                _add_error(m, row["test_error_pct"], seed, failed)
                 _add_profile(m, folder / "exports" / f"output{k}.profile.json", missing)
-    return RunResults(recipe, stamp.get("settings", {}), list(models.values()), missing, seeds)
+    return RunResults(recipe, settings, list(models.values()), missing, seeds, failed)

@@ -29,9 +29,10 @@ def exit_methods(results: RunResults) -> list[list[Model]]:
 
 def _fmt_err(m: Model) -> str:
     mean, std = m.stat(m.errors)
+    failed = f" (FAILED: seed {', '.join(map(str, m.failed))})" if m.failed else ""
     if mean is None:
-        return "-"
-    return f"{mean:.2f} ± {std:.2f}" if len(m.errors) > 1 else f"{mean:.2f}"
+        return "FAILED" if m.failed else "-"
+    return (f"{mean:.2f} ± {std:.2f}" if len(m.errors) > 1 else f"{mean:.2f}") + failed
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
