@@ -18,7 +18,6 @@ import torch
 
 from compact.errors import CompactError
 
-
 #: the largest IDX payload read (Fashion-MNIST's training images are 47 MB): a file, or a gzip stream,
 #: declaring more is refused before anything of that size is allocated
 MAX_BYTES = 512 << 20
