@@ -33,6 +33,8 @@ def resolve(kind: str, name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise CompactError(f"{kind} file {path} is a folder, not a file")
     files = shipped(kind)
     name = str(name_or_path)
     if name in files:

@@ -135,7 +135,8 @@ def _check_info(info: ModelInfo) -> None:
         raise CompactError(f"a {info.kind} model needs a head type")
     info.model_kwargs = check_kwargs_mapping(info.model_kwargs, "bad model description")
     if not isinstance(info.attrs, dict) or not all(
-        _is_str(k) and isinstance(v, dict) and all(_is_str(a, 64) for a in v) for k, v in info.attrs.items()
+        isinstance(k, str) and len(k) <= _NAME_LIMIT and isinstance(v, dict) and all(_is_str(a, 64) for a in v)
+        for k, v in info.attrs.items()
     ):
         _fail("attrs must map module names to {attribute: value}", info.attrs)
     for key, positive in (("mean", False), ("std", True)):

@@ -176,7 +176,7 @@ def test_macs_parsing_and_bad_targets():
         search_ratios(model, SIZE, PRUNERS.get("l1"), full + 1, PruneSettings())
     with pytest.raises(CompactError, match="too small to reach.*residual stream of option-A shortcuts"):
         search_ratios(model, SIZE, PRUNERS.get("l1"), full // 10, PruneSettings())
-    with pytest.raises(CompactError, match="per-layer cap must be in"):
+    with pytest.raises(CompactError, match=r"per-layer cap \(max_layer_ratio\) must be a number in"):
         PruneSettings(max_layer_ratio=1.0)
 
 

@@ -81,6 +81,14 @@ def _interrupted(args: argparse.Namespace) -> str:
     return "nothing was written"
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's allocation failures (CPU: a RuntimeError from its allocator; CUDA: OutOfMemoryError)."""
+    text = str(exc)
+    return type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status: 0 done, 2 bad input (one line on stderr), 1 an internal
     error (one line; the traceback with ``--debug`` or ``COMPACT_DEBUG=1``), 130 interrupted."""
@@ -112,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             traceback.print_exc()
+        if _out_of_memory(exc):
+            what = _one_line(exc)[:200]
+            print(f"{where}: error: out of memory ({what}); try a smaller --batch-size", file=sys.stderr)
+            return 2
         print(
             f"{where}: internal error: {type(exc).__name__}: {_one_line(exc)[:300]} "
             f"(please report it; --debug or {DEBUG_ENV}=1 shows the traceback)",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from compact._yaml import load_yaml_text, plain_value
 from compact.errors import CompactError
 
 
@@ -16,6 +18,16 @@ def _int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected one or more positive integers such as 1,64, got {text!r}")
     return values
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:  # 2 -> int, 0.5 -> float, true -> bool, else str
+        return key.strip(), plain_value(load_yaml_text(value, f"the value of {key.strip()}"), key.strip())
+    except CompactError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _str_list(text: str) -> list[str]:
@@ -114,7 +126,8 @@ def build_net(args: argparse.Namespace):
     from compact.exits import LossWeighting, attach_exits
     from compact.models import create_model
 
-    model = create_model(args.model, num_classes=args.num_classes, in_chans=args.input_size[0])
+    kwargs = dict(getattr(args, "model_kwargs", None) or [])
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=args.input_size[0], **kwargs)
     placement = {
         "num_outputs": args.exits,
         "blocks": args.exit_blocks,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from compact.cli._common import add_model_args, build_net
+from compact.cli._common import _key_value, add_model_args, build_net
 
 
 # -- compact models ---------------------------------------------------------------------------------
@@ -73,6 +73,8 @@ def _cmd_configs(args) -> int:
 def _add_exits(sub) -> None:
     p = sub.add_parser("exits", help="show where exits go: node, depth, parameters and loss weight of each output")
     add_model_args(p)
+    p.add_argument("--model-arg", dest="model_kwargs", type=_key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="extra model constructor argument, e.g. shortcut=B")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

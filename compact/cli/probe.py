@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compact.cli._common import add_placement_args
+from compact.cli._common import add_placement_args, check_output_dir
 from compact.cli.train import S, _load_target, _print_outputs, add_data_args, add_schedule_args
 from compact.engine.config import PLACEMENT_KEYS
 from compact.engine.probe import PROBE_EPOCHS, probe_config
@@ -59,6 +59,7 @@ def _cmd_probe(args) -> int:
     out = Path(args.out) if args.out else (source / "probe" if source.is_dir() else None)
     if out is None:
         raise CompactError("probing a model file needs --out RUN")
+    check_output_dir(str(out), "--out")
     cfg = probe_config(source, cli)  # model and data from the source, heads and schedule from the options
     summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
     _print_outputs(summary["outputs"])

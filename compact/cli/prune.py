@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from compact.cli._common import check_output_dir
 from compact.cli.train import _config_values, add_data_args, add_model_kwargs_arg, add_schedule_args
 
 
@@ -43,6 +44,7 @@ def _cmd_prune(args) -> int:
     from compact.prune import PRUNERS, PruneSettings
     from compact.prune.job import Target, prune_config, prune_job
 
+    check_output_dir(args.out, "--out")
     method = PRUNERS.get(args.method)  # unknown methods list the valid ones
     target = None
     if not args.resume:

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from compact._yaml import load_yaml_text, plain_value
-from compact.cli._common import add_model_args, check_output_dir, check_output_file
+from compact.cli._common import _key_value, add_model_args, check_output_dir, check_output_file
 from compact.errors import CompactError
 
 S = argparse.SUPPRESS
@@ -19,16 +18,6 @@ def _float_list(text: str) -> list[float]:
         return [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:  # 2 -> int, 0.5 -> float, true -> bool, else str
-        return key.strip(), plain_value(load_yaml_text(value, f"the value of {key.strip()}"), key.strip())
-    except CompactError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ resume. It is written with ``torch.save`` to a temporary file and renamed, and r
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -38,12 +39,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CompactError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's message suggests weights_only=False, i.e. running the file's code: never relay that
-        raise CompactError(
-            f"checkpoint {path} was refused: it holds objects other than tensors and plain containers "
-            "(compact never unpickles anything else)"
-        ) from None
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False, i.e. running the file's code: never relay it
+        if re.search(r"unsupported global|GLOBAL .* blocked|not an allowed global", str(exc), re.IGNORECASE):
+            raise CompactError(
+                f"checkpoint {path} was refused: it holds objects other than tensors and plain containers "
+                "(compact never unpickles anything else)"
+            ) from None
+        raise CompactError(f"checkpoint {path} is corrupt or truncated (not a checkpoint compact wrote)") from None
     except MemoryError:
         raise CompactError(f"checkpoint {path} is too large to load into memory") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, KeyError, AttributeError,

@@ -117,6 +117,63 @@ def build_network(cfg: TrainConfig, data: Data) -> tuple[MultiExitNet, LossWeigh
     return net, LossWeighting(net.depths, nu=cfg.nu, schedule=cfg.schedule)
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes the training step may use: free GPU memory, or the kernel's MemAvailable on Linux (None when
+    unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@torch.no_grad()
+def activation_bytes(net: torch.nn.Module, input_size) -> int:
+    """Bytes of the outputs of every leaf module for one input: what a training step keeps for backward,
+    per image (a lower bound; saved inputs of some operations come on top)."""
+    total = 0
+
+    def hook(_module, _inputs, output):
+        nonlocal total
+        for t in output if isinstance(output, tuple | list) else (output,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+
+    leaves = [m for m in net.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = net.training
+    try:
+        net.eval()
+        forward = getattr(net, "forward_exits", None) or net
+        forward(torch.zeros(1, *input_size))
+    finally:
+        for h in handles:
+            h.remove()
+        net.train(was_training)
+    return total
+
+
+def check_memory(net: torch.nn.Module, input_size, batch_size: int, device: torch.device) -> None:
+    """Refuse a batch size whose activations alone exceed the memory available, before training starts
+    (an allocation that large would otherwise fail mid-step, or bring in the kernel's OOM killer)."""
+    free = available_memory(device)
+    if free is None:
+        return
+    need = activation_bytes(net, input_size) * batch_size
+    if need > free:
+        fits = max(1, int(batch_size * free / need))
+        raise CompactError(
+            f"batch size {batch_size} needs at least {need / 2**30:.1f} GiB for the activations of "
+            f"{tuple(input_size)} inputs, but {free / 2**30:.1f} GiB is available on {device}; use a --batch-size "
+            f"well below {fits}"
+        )
+
+
 def identity(cfg: TrainConfig, net: MultiExitNet, data: Data) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed into this network and method."""
     return {
@@ -340,12 +397,17 @@ def train(
     progress = (sys.stderr.isatty() if progress is None else progress) and d.is_main
     if d.is_main:
         _prepare_folder(out, resume, overwrite)
+    state: dict[str, Any] | None = None
     if resume:
         _check_resume_config(out, cfg)
+        if (out / CHECKPOINT).is_file():  # before any data is loaded: a damaged run is refused at once
+            state = load_checkpoint(out / CHECKPOINT)
+            check_checkpoint_config(out, cfg, state["config"])
     if device.type == "cpu":
         tune_cpu_allocator()  # reuse freed feature-map memory instead of page-faulting it back every step
     data = load_data(data_options(cfg))
     net, weighting = build_network(cfg, data)
+    check_memory(net, data.input_size, min(cfg.batch_size, data.train_size), device)
     resuming = resume and (out / CHECKPOINT).is_file()
     soft = _soft_pruning(cfg, data)
     net.to(device)
@@ -361,9 +423,8 @@ def train(
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resuming:
-        state = load_checkpoint(out / CHECKPOINT)
-        check_identity(out / CHECKPOINT, state.get("identity", {}), ident)
-        check_checkpoint_config(out, cfg, state["config"])
+        assert state is not None
+        check_identity(out / CHECKPOINT, state["identity"], ident)
         try:
             net.load_state_dict(state["model"])
             method.load_state_dict(state["method"])

@@ -105,7 +105,10 @@ def draw(data: dict[str, Any], title: str, path_stem: Path) -> list[Path]:
     ax.set_ylabel(data["ylabel"])
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if data["series"]:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, f"no model has a {data['axis']} measurement", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     written = []
     for ext in ("png", "svg"):
