@@ -52,6 +52,12 @@ def test_missing_dataset_names_the_install_command(tmp_path, monkeypatch):
     # an explicit --data-dir is never passed over for another copy: it holds the files or it is an error
     with pytest.raises(CompactError, match="not found in --data-dir"):
         load_fashion_mnist(tmp_path)
+    monkeypatch.setattr(fm, "SYSTEM_DIR", fm.SYSTEM_DIR.__class__("/usr/share/datasets/fashion-mnist"))
+    for images, labels, _ in fm._FILES.values():  # broken files in --data-dir: an error, even beside Debian's copy
+        (tmp_path / images).write_bytes(b"junk")
+        (tmp_path / labels).write_bytes(b"junk")
+    with pytest.raises(CompactError, match="is not an IDX file"):
+        load_fashion_mnist(tmp_path)
 
 
 def test_random_crop_matches_per_image_reference():
