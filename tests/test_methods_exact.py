@@ -32,6 +32,33 @@ class TinyMLP(nn.Module):
         return self.fc(self.b3(self.b2(self.b1(x))))
 
 
+class InplaceBlock(nn.Module):
+    """``h = lin(x); h.relu_(); return h``: an in-place statement whose return value is unused."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(a, b)
+
+    def forward(self, x):
+        h = self.lin(x)
+        h.relu_()
+        return h
+
+
+class TinyInplaceMLP(nn.Module):
+    """Both in-place idioms: statements FX would drop, and an exit (on ``b2.0``) that ReLU(inplace) changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b1 = InplaceBlock(4, 6)
+        self.b2 = nn.Sequential(nn.Linear(6, 6), nn.ReLU(inplace=True))
+        self.b3 = InplaceBlock(6, 5)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(self.b3(self.b2(self.b1(x))))
+
+
 class TinyConvNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -62,6 +89,17 @@ def build(kind: str, seed: int = 0):
                 [_lin("backbone.b1.0"), R.Tanh()],
                 [_lin("backbone.b2.0"), R.Tanh()],
                 [_lin("backbone.b3.0"), R.Tanh(), _lin("backbone.fc")],
+            ],
+            [[_lin("heads.0.fc")], [_lin("heads.1.fc")]],
+        )
+        batches = [(torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))) for _ in range(4)]
+    elif kind == "mlp-inplace":
+        net = attach_exits(TinyInplaceMLP(), nodes=["b1", "b2.0"], head="gap-fc", input_size=(4,))
+        ref = R.Net(
+            [
+                [_lin("backbone.b1.lin"), R.ReLU()],
+                [_lin("backbone.b2.0")],  # the exit sees the value before the in-place ReLU
+                [R.ReLU(), _lin("backbone.b3.lin"), R.ReLU(), _lin("backbone.fc")],
             ],
             [[_lin("heads.0.fc")], [_lin("heads.1.fc")]],
         )
@@ -115,7 +153,7 @@ REFERENCE_OF = {
 }
 
 
-@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("kind", ["mlp", "mlp-inplace", "conv"])
 @pytest.mark.parametrize("method", list(REFERENCE_OF))
 def test_method_equals_hand_written_reference(kind, method):
     net, ref, batches, P0 = build(kind)

@@ -180,3 +180,66 @@ def test_model_without_known_blocks_names_candidates():
         attach_exits(model, 2)
     net = attach_exits(model, nodes=["1"], head="gap-fc", input_size=(3, 8, 8))
     assert net.depths == [1, 3]
+
+
+# -- faithful extraction: in-place idioms ------------------------------------------------------------------
+class _ReluInPlaceBlock(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(n, n)
+
+    def forward(self, x):
+        h = self.lin(x)
+        h.relu_()  # return value unused: FX's dead-code elimination would drop this statement
+        return h
+
+
+class _InPlaceMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.b1, self.b2, self.b3 = _ReluInPlaceBlock(8), _ReluInPlaceBlock(8), _ReluInPlaceBlock(8)
+        self.pre = nn.Linear(8, 8)
+        self.act = nn.ReLU(inplace=True)  # changes the output of `pre`, where an exit may sit
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.pre(self.b3(self.b2(self.b1(x))))))
+
+
+def test_in_place_statements_are_kept_and_exits_see_the_value_at_their_node(tmp_path):
+    from compact.exits.standalone import extract_exit
+
+    torch.manual_seed(0)
+    net = attach_exits(_InPlaceMLP(), nodes=["b1", "b2", "pre"], head="gap-fc", input_size=(8,)).eval()
+    x = torch.randn(16, 8)
+    with torch.no_grad():
+        outs = net.forward_exits(x)
+        assert torch.equal(outs[-1], net(x))  # the shared forward is the model's forward
+        for i in range(3):
+            assert torch.equal(net.forward_exit(x, i), outs[i])
+            assert torch.equal(extract_exit(net, i)(x), outs[i])  # the exported exit too
+        # independent computation: the exit on `pre` sees the value before the in-place ReLU
+        h = x
+        for b in (net.backbone.b1, net.backbone.b2, net.backbone.b3):
+            h = torch.relu(b.lin(h))
+        pre = net.backbone.pre(h)
+        assert pre.min() < 0
+        assert torch.allclose(outs[2], net.heads[2](pre), atol=1e-6)
+        assert torch.allclose(outs[-1], net.backbone.fc(torch.relu(pre)), atol=1e-6)
+
+
+def test_unfaithful_extraction_is_refused(monkeypatch):
+    """With FX's own dead-code elimination (which drops `h.relu_()`), attach_exits notices and refuses."""
+    from torch import fx
+
+    from compact.exits import _fx
+
+    monkeypatch.setattr(_fx, "_faithful_dead_code", fx.Graph.eliminate_dead_code)
+    with pytest.raises(CompactError, match="cannot attach exits to _InPlaceMLP faithfully: the final output"):
+        attach_exits(_InPlaceMLP(), nodes=["b1"], head="gap-fc", input_size=(8,))
+
+
+def test_compiled_models_are_refused_with_compacts_message():
+    model = torch.compile(create_model("cifar_resnet20"))
+    with pytest.raises(CompactError, match="not to the result of torch.compile"):
+        attach_exits(model, num_outputs=3)

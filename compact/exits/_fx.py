@@ -3,11 +3,21 @@
 Everything that traces a model goes through here, so a change in timm's or torchvision's helpers is
 absorbed in one place. Node names are FX qualified names: a module path such as ``layer1.3`` selects the
 output of the last operation inside that module.
+
+Extraction is made faithful to eager execution in two ways that torchvision's helper is not:
+
+- an in-place operation whose result is unused (``h.relu_()``, ``x.add_(y)``, ``ReLU(inplace=True)``) is
+  kept whenever a later operation that is kept reads the tensor it changed (FX's dead-code elimination
+  would drop it, and the extracted network would compute something else than the model);
+- a returned node whose tensor a later in-place operation changes is returned as a copy taken at the node,
+  so an exit sees the value at its node whether the extractor runs the rest of the network or not.
 """
 
 from __future__ import annotations
 
+import operator
 import warnings
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +48,7 @@ def feature_extractor(model: nn.Module, return_nodes: list[str]) -> fx.GraphModu
     """
     from timm.layers import create_feature_extractor
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), mock.patch.object(fx.Graph, "eliminate_dead_code", _faithful_dead_code):
         # torchvision notes when train- and eval-mode graphs differ (dropout): expected, both are kept
         warnings.filterwarnings("ignore", message="NOTE. The nodes obtained by tracing")
         try:
@@ -47,6 +57,108 @@ def feature_extractor(model: nn.Module, return_nodes: list[str]) -> fx.GraphModu
             raise CompactError(str(exc)) from exc
         except Exception as exc:
             raise CompactError(f"{type(model).__name__} cannot be traced by torch.fx: {exc}") from exc
+
+
+_INPLACE_OPERATORS = {
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
+    operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift, operator.imatmul,
+}  # fmt: skip
+#: operations whose result shares memory with their first argument (an in-place change of one changes both)
+_VIEW_METHODS = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute", "squeeze",
+    "unsqueeze", "narrow", "select", "expand", "expand_as", "t", "unbind", "split", "chunk", "detach",
+    "__getitem__", "as_strided", "movedim", "swapaxes", "unfold", "diagonal",
+}  # fmt: skip
+_VIEW_FUNCTIONS = {
+    operator.getitem, torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze,
+    torch.unsqueeze, torch.narrow, torch.select, torch.chunk, torch.split, torch.unbind, torch.t, torch.movedim,
+    torch.swapaxes, torch.diagonal, torch.as_strided, torch.detach,
+}  # fmt: skip
+
+
+def _is_inplace_name(name: str) -> bool:
+    return name.endswith("_") and not name.endswith("__")
+
+
+def mutated_input(node: fx.Node, root: nn.Module | None) -> fx.Node | None:
+    """The node whose tensor ``node`` changes in place (its first argument), or None."""
+    first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    if first is None:
+        return None
+    if node.op == "call_method" and isinstance(node.target, str) and _is_inplace_name(node.target):
+        return first
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        if node.target in _INPLACE_OPERATORS or _is_inplace_name(name) or node.kwargs.get("inplace") is True:
+            return first
+    if node.op == "call_module" and root is not None:
+        try:
+            module = root.get_submodule(node.target)
+        except AttributeError:
+            return None
+        if getattr(module, "inplace", False) is True:
+            return first
+    return None
+
+
+def _is_view(node: fx.Node) -> bool:
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS
+    return node.op == "call_function" and node.target in _VIEW_FUNCTIONS
+
+
+def alias_groups(graph: fx.Graph, root: nn.Module | None) -> dict[fx.Node, list[fx.Node]]:
+    """Node -> every node that may share its memory (through views and in-place operations)."""
+    parent: dict[fx.Node, fx.Node] = {}
+
+    def find(n: fx.Node) -> fx.Node:
+        while parent.get(n, n) is not n:
+            n = parent[n]
+        return n
+
+    for node in graph.nodes:
+        base = mutated_input(node, root) or (node.args[0] if _is_view(node) else None)
+        if base is not None:
+            a, b = find(node), find(base)
+            if a is not b:
+                parent[a] = b
+    members: dict[fx.Node, list[fx.Node]] = {}
+    for node in graph.nodes:
+        members.setdefault(find(node), []).append(node)
+    return {node: members[find(node)] for node in graph.nodes}
+
+
+def _faithful_dead_code(graph: fx.Graph, is_impure_node=None) -> bool:  # noqa: ANN001 (torch's signature)
+    """Dead-code elimination that keeps what eager execution computes (see the module docstring): stands in
+    for ``fx.Graph.eliminate_dead_code`` while an extractor is built."""
+    root = graph.owning_module
+    groups = alias_groups(graph, root)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
+    # a returned value that a later in-place operation changes is returned as it was at its node
+    for value in list(output.all_input_nodes):
+        later = [m for m in groups[value] if order[m] > order[value] and mutated_input(m, root) is not None]
+        if later and value.op != "placeholder":
+            with graph.inserting_after(value):
+                copy = graph.call_method("clone", (value,))
+            output.replace_input_with(value, copy)
+    groups = alias_groups(graph, root)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    changed = False
+    for node in reversed(list(graph.nodes)):
+        if node.op in ("placeholder", "output") or node.users:
+            continue
+        if is_impure_node(node) if is_impure_node is not None else node.is_impure():
+            continue
+        if mutated_input(node, root) is not None and any(
+            order[u] > order[node] for m in groups[node] for u in m.users if u is not node
+        ):
+            continue  # an in-place change that a later, kept operation reads
+        graph.erase_node(node)
+        changed = True
+    return changed
 
 
 def weighted_depths(extractor: fx.GraphModule) -> dict[str, int]:

@@ -185,6 +185,11 @@ def attach_exits(
 
     ``input_size`` (C, H, W) is used once, with a dummy batch in eval mode, to size the heads.
     """
+    if hasattr(model, "_orig_mod") or type(model).__name__ == "OptimizedModule":
+        raise CompactError(
+            "attach exits to the plain model, not to the result of torch.compile (FX cannot trace a compiled "
+            "module); compile afterwards if you need to"
+        )
     chosen = [a is not None for a in (num_outputs, blocks, layers, nodes)]
     if sum(chosen) != 1:
         raise CompactError("give exactly one of num_outputs, blocks, layers or nodes to place the exits")
@@ -229,7 +234,40 @@ def attach_exits(
     heads = [create_head(head, feats[b.name].shape[1], num_classes, feats[b.name].dim()) for b in selected]
     net = MultiExitNet(model, [b.name for b in selected], heads, [*depths, final_depth], final_node, head)
     net.__dict__["_extractors"]["all"] = extractor.train(model.training)  # reuse the trace
+    check_faithful(net, input_size)
     return net
+
+
+def check_faithful(net: MultiExitNet, input_size: Sequence[int]) -> None:
+    """Refuse a network whose extracted graphs compute something else than the model: on a random batch in
+    eval mode, the shared forward's final output must equal the model's own forward, and each exit computed
+    alone (``forward_exit``) must equal the same exit of the shared forward (``forward_exits``)."""
+    param = next(iter(net.parameters()), None)
+    dtype, device = (param.dtype, param.device) if param is not None else (torch.float32, torch.device("cpu"))
+    x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            outs = net.forward_exits(x)
+            checks = [("the final output of the shared forward", outs[-1], net.backbone(x))]
+            checks += [(f"exit {i} computed alone", net.forward_exit(x, i), outs[i]) for i in range(len(net.heads))]
+    finally:
+        net.train(was_training)
+    wrong = []
+    for what, a, b in checks:
+        if a.shape != b.shape:
+            wrong.append(f"{what} has shape {tuple(a.shape)} instead of {tuple(b.shape)}")
+            continue
+        diff = (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
+        scale = max(1.0, b.float().abs().max().item() if b.numel() else 1.0)
+        if not diff <= 1e-4 * scale:
+            wrong.append(f"{what} differs by {diff:.3g}")
+    if wrong:
+        raise CompactError(
+            f"cannot attach exits to {type(net.backbone).__name__} faithfully: {'; '.join(wrong)} (the traced graph "
+            "does not compute what the model's forward computes; place the exits elsewhere or report the model)"
+        )
 
 
 def _candidates(
