@@ -332,6 +332,12 @@ def save_model(model: nn.Module, path: str | Path, info: ModelInfo, verify: bool
     """
     path = Path(path)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CompactError(
+            f"cannot save {type(model).__name__}: it has non-finite weights (NaN or infinite) in {len(bad)} "
+            f"tensor(s), e.g. {bad[0]}; the training diverged"
+        )
     with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
         reference = build_module(info)
     info.attrs = _attr_diff(model, reference)

@@ -106,9 +106,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         return original(method, loader, device, epoch, *args)
 
     monkeypatch.setattr(trainer_module, "train_epoch", poisoned)
-    cfg = TrainConfig(**TINY, method="joint", epochs=3)
+    cfg = TrainConfig(**TINY, method="mwbp", epochs=3)
     before = None
-    with pytest.raises(TrainingDiverged, match=r"became nan in epoch 2.*checkpoint of epoch 1 is kept"):
+    # the exits' updates do not touch the final classifier: the final output's update is the one that fails
+    message = (
+        r"NaN or infinite \(first: backbone.conv1.weight\) after the update of output 2's loss in epoch 2, batch 1"
+    )
+    with pytest.raises(TrainingDiverged, match=message + ".*checkpoint of epoch 1 is kept"):
         train(cfg, tmp_path / "run", progress=False, log=None)
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     before = state["model"]
@@ -212,3 +216,107 @@ def test_num_classes_must_match_the_data(tmp_path):
     with pytest.raises(CompactError, match="num_classes is 7 but fashion-mnist.* has 10 classes"):
         train(TrainConfig(**TINY, num_classes=7, epochs=1), tmp_path / "run", progress=False, log=None)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+# -- callbacks -----------------------------------------------------------------------------------------
+class _Counter:
+    """A user callback with state: counts updates and batches; its state travels in checkpoints."""
+
+    state_key = "counter"
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[int, int, int]] = []
+        self.epochs_seen = 0
+
+    def __getattr__(self, name):  # every hook not defined here does nothing
+        if name.startswith(("on_", "after_", "close")):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def after_update(self, ctx, update, params):
+        self.updates.append((ctx.epoch, ctx.batch, update))
+
+    def after_train_epoch(self, ctx):  # before the checkpoint, which stores the state
+        self.epochs_seen += 1
+
+    def state_dict(self):
+        return {"epochs_seen": self.epochs_seen}
+
+    def load_state_dict(self, state):
+        self.epochs_seen = state["epochs_seen"]
+
+
+@needs_fmnist
+def test_callbacks_see_every_update_and_their_state_is_resumed(tmp_path):
+    cfg = TrainConfig(**TINY, method="mwbp", epochs=2)
+    counter = _Counter()
+
+    def stop(record):
+        if record["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "run", progress=False, log=None, on_epoch_end=stop, callbacks=[counter])
+    # MW-BP: one update per loss, three per batch, shallow first; 128 images / 32 = 4 batches
+    assert counter.updates == [(0, b, u) for b in range(4) for u in range(3)]
+    resumed = _Counter()
+    train(cfg, tmp_path / "run", resume=True, progress=False, log=None, callbacks=[resumed])
+    assert resumed.epochs_seen == 2  # one restored from the checkpoint, one seen
+    assert resumed.updates[0] == (1, 0, 0)
+
+
+def test_the_engine_imports_no_pruning_and_compact_has_no_import_cycle():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "compact"
+    modules = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    edges: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("compact"):
+                targets.add(node.module)
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.startswith("compact")}
+        edges[name] = {t for t in targets if t in modules and t != name}
+    engine = {n: e for n, e in edges.items() if n.startswith("compact.engine")}
+    assert not [(n, t) for n, e in engine.items() for t in e if t.startswith("compact.prune")]
+    # module-level cycles inside the engine (a function-level import is still an import: none either)
+    seen, stack = set(), []
+
+    def visit(n):
+        if n in stack:
+            raise AssertionError(f"import cycle: {' -> '.join(stack[stack.index(n) :] + [n])}")
+        if n in seen:
+            return
+        stack.append(n)
+        for t in engine.get(n, ()):
+            visit(t)
+        stack.pop()
+        seen.add(n)
+
+    for n in engine:
+        visit(n)
+
+
+def test_a_soft_pruning_configuration_needs_its_callback(tmp_path):
+    cfg = TrainConfig(**TINY, epochs=1, soft_prune={"ratios": {"layer1.0.conv1": 0.5}, "round_to": 8})
+    with pytest.raises(CompactError, match="prunes filters softly .*compact prune"):
+        train(cfg, tmp_path / "run", progress=False, log=None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_saving_non_finite_weights_says_so(tmp_path):
+    from compact.modelfile import ModelInfo, save_model
+    from compact.models import create_model
+
+    model = create_model("cifar_resnet20", in_chans=1)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    with pytest.raises(CompactError, match="non-finite weights .* e.g. fc.weight; the training diverged"):
+        save_model(model, tmp_path / "m.safetensors", ModelInfo("cifar_resnet20", 10, 1, [1, 28, 28]))
+    assert not (tmp_path / "m.safetensors").exists()

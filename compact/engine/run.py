@@ -11,8 +11,8 @@ import torch
 
 from compact.engine.checkpoint import load_checkpoint
 from compact.engine.config import TrainConfig, read_yaml
+from compact.engine.files import CHECKPOINT, CONFIG, MODEL
 from compact.engine.metrics import read_history
-from compact.engine.trainer import CHECKPOINT, CONFIG, MODEL
 from compact.errors import CompactError
 from compact.exits import MultiExitNet
 from compact.exits.standalone import exit_index, extract_exit

@@ -24,7 +24,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,17 @@ import torch
 from compact._atomic import write_text
 from compact._malloc import tune_cpu_allocator
 from compact.data import Data, DataOptions, load_data
+from compact.engine.callbacks import (
+    BatchStats,
+    Callback,
+    EpochHook,
+    EpochLog,
+    MetricsFiles,
+    NonFiniteGuard,
+    ProgressBar,
+    RunContext,
+    TrainingDiverged,
+)
 from compact.engine.checkpoint import check_identity, load_checkpoint, save_checkpoint
 from compact.engine.config import TrainConfig, read_yaml
 from compact.engine.distributed import (
@@ -45,20 +56,14 @@ from compact.engine.distributed import (
     from_env,
     sum_across,
 )
-from compact.engine.metrics import MetricsLog
+from compact.engine.files import CHECKPOINT, CONFIG, MODEL, RUN_FILES, SUMMARY
 from compact.errors import CompactError
 from compact.exits import LossWeighting, MultiExitNet, attach_exits
 from compact.methods import BPMethod, SGDConfig, create_method
 from compact.modelfile import ModelInfo, save_model, structure_attrs
 
-CONFIG, CHECKPOINT, MODEL, SUMMARY = "config.yaml", "checkpoint.pt", "model.safetensors", "summary.json"
-RUN_FILES = (CONFIG, "metrics.jsonl", "metrics.csv", CHECKPOINT, MODEL, SUMMARY)
 # options that may differ when a run is resumed (where the data lives, how fast it is read)
 RESUMABLE_CHANGES = ("data_dir", "download", "workers", "device", "eval_batch_size")
-
-
-class TrainingDiverged(CompactError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -242,34 +247,39 @@ def evaluate(
     return losses, errors
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
-
-
 def train_epoch(
     method: BPMethod,
     loader,
     device: torch.device,
     epoch: int,
-    desc: str = "",
-    progress: bool = False,
     d: Dist | None = None,
+    callbacks: Sequence[Callback] = (),
+    ctx: RunContext | None = None,
 ) -> dict[str, Any]:
     """One epoch of ``method`` over ``loader``: per-output train loss and error, throughput, data wait
-    (summed over processes when distributed)."""
+    (summed over processes when distributed). ``callbacks`` see each update and batch (``ctx`` is the run
+    they belong to; one is made when not given)."""
     net = method.net
     net.train()
     loader.set_epoch(epoch)
     k = net.num_outputs
-    loss_sum, wrong, seen = [0.0] * k, [0] * k, 0
-    computed = [False] * k
+    ctx = ctx or RunContext(net, method, None, Path("."), device)
+    ctx.epoch, ctx.batch = epoch, 0
+    stats = BatchStats([0.0] * k, [0] * k, 0, [False] * k)
     wait = 0.0
+    for cb in callbacks:
+        cb.on_epoch_start(ctx, len(loader))
+
+    def after_update(update: int, params) -> None:
+        for cb in callbacks:
+            cb.after_update(ctx, update, params)
+
+    previous, method.after_update = method.after_update, after_update
     start = time.perf_counter()
     batches = iter(loader)
-    with _progress(len(loader), desc, progress) as bar:
+    try:
         for b in range(len(loader)):
+            ctx.batch = b
             t = time.perf_counter()
             x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -280,15 +290,16 @@ def train_epoch(
                     continue
                 if not math.isfinite(loss):
                     raise TrainingDiverged(f"the loss of output {i} became {loss} in epoch {epoch + 1}, batch {b + 1}")
-                computed[i] = True
-                loss_sum[i] += loss * len(y)
-                wrong[i] += (logits.argmax(1) != y).sum().item()
-            seen += len(y)
-            if progress:
-                errs = "/".join(f"{100 * wrong[i] / seen:.1f}" for i in range(k) if computed[i])
-                bar.set_postfix_str(f"loss {loss_sum[-1] / seen:.3f} err% {errs}", refresh=False)
-                bar.update()
+                stats.computed[i] = True
+                stats.loss_sum[i] += loss * len(y)
+                stats.wrong[i] += (logits.argmax(1) != y).sum().item()
+            stats.seen += len(y)
+            for cb in callbacks:
+                cb.on_batch_end(ctx, stats)
+    finally:
+        method.after_update = previous
     elapsed = time.perf_counter() - start
+    loss_sum, wrong, seen, computed = stats.loss_sum, stats.wrong, stats.seen, stats.computed
     if d is not None and d.enabled:
         totals = sum_across([*loss_sum, *wrong, seen, *map(float, computed)], d)
         loss_sum, wrong, seen = totals[:k], totals[k : 2 * k], int(totals[2 * k])
@@ -381,15 +392,23 @@ def train(
     progress: bool | None = None,
     log: Callable[[str], None] | None = _echo,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train ``cfg`` into the run folder ``out`` and return the run's summary.
 
     ``resume`` continues the run in ``out`` from its last checkpoint (``cfg`` must equal its stored
     configuration, except for where and how fast data is read); ``overwrite`` replaces a run found in
     ``out``. ``progress``: a progress bar on stderr (default: when stderr is a terminal). ``on_epoch_end``
-    is called with each epoch's record after its checkpoint is written.
+    is called with each epoch's record after its checkpoint is written. ``callbacks`` (see
+    :mod:`compact.engine.callbacks`) run after the engine's own; a configuration with ``soft_prune`` needs
+    the callback that implements it (``compact prune`` passes it).
     """
     out = Path(out)
+    if cfg.soft_prune and not any(cb.state_key == "soft_prune" for cb in callbacks):
+        raise CompactError(
+            "this run prunes filters softly (SFP, soft_prune in its configuration): run or continue it with "
+            "compact prune (--resume), which adds the pruning to the training"
+        )
     device = resolve_device(cfg.device)
     d = from_env(device)  # torchrun: one process per rank; only rank 0 writes files, logs and progress
     check_batch(cfg.batch_size, d)
@@ -408,8 +427,6 @@ def train(
     data = load_data(data_options(cfg))
     net, weighting = build_network(cfg, data)
     check_memory(net, data.input_size, min(cfg.batch_size, data.train_size), device)
-    resuming = resume and (out / CHECKPOINT).is_file()
-    soft = _soft_pruning(cfg, data)
     net.to(device)
     sgd = SGDConfig(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     method = create_method(cfg.method, net, sgd, weighting, **cfg.method_options)
@@ -419,17 +436,25 @@ def train(
     ident = identity(cfg, net, data)
     info = model_info(cfg, net, data, out)
     info.attrs = structure_attrs(net, info)  # a pruned source differs from a fresh build
+    ctx = RunContext(net, method, cfg, out, device, is_main=d.is_main, extra={"input_size": data.input_size})
+    engine = [NonFiniteGuard(), ProgressBar(progress)]
+    if d.is_main:
+        engine += [MetricsFiles(), EpochLog(log)]
+    if on_epoch_end is not None:
+        engine.append(EpochHook(on_epoch_end))
+    callbacks = [*engine, *callbacks]
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if resuming:
-        assert state is not None
+    if state is not None:
         check_identity(out / CHECKPOINT, state["identity"], ident)
         try:
             net.load_state_dict(state["model"])
             method.load_state_dict(state["method"])
-            if soft is not None:
-                soft.load_state_dict(state.get("soft_prune") or {})
+            stored = _callback_states(state)
+            for cb in callbacks:
+                if cb.state_key is not None:
+                    cb.load_state_dict(stored.get(cb.state_key) or {})
             torch.set_rng_state(state["rng"]["torch"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
@@ -449,27 +474,24 @@ def train(
         f"{net.num_outputs} outputs at layers {net.depths}, method {cfg.method}, device {device}"
         + (f", {d.world} processes ({torch.distributed.get_backend()})" if d.world > 1 else "")
     )
-    metrics = MetricsLog(out, net.num_outputs, first_epoch=start_epoch) if d.is_main else None
-    if metrics is not None:
-        # files agree with the checkpoint even if the last run stopped between them; TensorBoard has it already
-        metrics.write(history, tensorboard=False)
     trained = [method.trains_output(i, net.num_outputs) for i in range(net.num_outputs)]
     milestones = cfg.milestone_epochs()
     try:
+        for cb in callbacks:
+            cb.on_train_start(ctx, history)
         for epoch in range(start_epoch, cfg.epochs):
             method.set_lr(cfg.lr_at(epoch))
             for _ in range(milestones.count(epoch)):
                 method.on_lr_decay()
-            desc = f"epoch {epoch + 1}/{cfg.epochs}"
             try:
-                record = train_epoch(method, train_loader, device, epoch, desc, progress, d)
+                record = train_epoch(method, train_loader, device, epoch, d, callbacks, ctx)
+                t = time.perf_counter()
+                average_buffers(net, d)  # one set of BatchNorm statistics for evaluation and the checkpoint
+                for cb in callbacks:
+                    cb.after_train_epoch(ctx)  # SFP zeroes filters here; the guard checks every tensor
             except TrainingDiverged as exc:
                 kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
                 raise TrainingDiverged(f"{exc}; training stopped, {kept} in {out}; try a lower --lr") from None
-            t = time.perf_counter()
-            average_buffers(net, d)  # one set of BatchNorm statistics for evaluation and the checkpoint
-            if soft is not None:
-                soft.zero(net.backbone)  # SFP: the zeroed filters keep training in the next epoch
             test_loss, test_err = evaluate(net, test_loader, device, trained, d)
             record = {
                 "epoch": epoch + 1,
@@ -498,39 +520,28 @@ def train(
                     "method": method.state_dict(),
                     "rng": rng,
                     "history": history,
-                    "soft_prune": soft.state_dict() if soft is not None else None,
+                    "callbacks": {cb.state_key: cb.state_dict() for cb in callbacks if cb.state_key is not None},
                 },
             )
-            metrics.write(history)
-            log(_epoch_line(record, cfg.epochs))
-            if on_epoch_end is not None:
-                on_epoch_end(record)
+            for cb in callbacks:
+                cb.on_epoch_end(ctx, record)
+        for cb in callbacks:
+            cb.on_train_end(ctx)  # SFP removes the filters zeroed last
     finally:
-        if metrics is not None:
-            metrics.close()
-    if soft is not None:
-        soft.finalize(net.backbone)  # remove exactly the filters zeroed last
-        net.__dict__["_extractors"].clear()
+        for cb in callbacks:
+            cb.close()
+    net.__dict__["_extractors"].clear()  # a callback may have changed the network's structure
     summary = _finish(cfg, out, net, info, history) if d.is_main else {}
     barrier(d)
     return summary
 
 
-def _soft_pruning(cfg: TrainConfig, data: Data):
-    if not cfg.soft_prune:
-        return None
-    from compact.prune.sfp import SoftFilterPruning
-
-    return SoftFilterPruning(cfg.soft_prune["ratios"], data.input_size, cfg.soft_prune.get("round_to"))
-
-
-def _epoch_line(r: dict[str, Any], epochs: int) -> str:
-    fmt = lambda xs: "/".join("-" if x is None else f"{x:.2f}" for x in xs)  # noqa: E731
-    return (
-        f"epoch {r['epoch']}/{epochs}  lr {r['lr']:g}  train err% {fmt(r['train_error_pct'])}  "
-        f"test err% {fmt(r['test_error_pct'])}  ({r['epoch_time_s']:.1f} s, {r['train_images_per_s']:.0f} img/s, "
-        f"data wait {100 * r['data_wait_share']:.1f}%)"
-    )
+def _callback_states(state: dict[str, Any]) -> dict[str, Any]:
+    """Callback states of a checkpoint (checkpoints before callbacks stored soft pruning on its own)."""
+    stored = dict(state.get("callbacks") or {})
+    if "soft_prune" not in stored and state.get("soft_prune") is not None:
+        stored["soft_prune"] = state["soft_prune"]
+    return stored
 
 
 def model_info(cfg: TrainConfig, net: MultiExitNet, data: Data, out: Path) -> ModelInfo:

@@ -85,6 +85,9 @@ class BPMethod(ABC):
         #: called with the parameters of an update after its backward, before its step (distributed
         #: training averages their gradients across processes here; see compact.engine.distributed)
         self.grad_sync: Callable[[list[nn.Parameter]], None] | None = None
+        #: called after each optimizer step with the optimizer's index and its parameters (the engine's
+        #: callbacks, e.g. its non-finite guard, see every update of a multi-update method)
+        self.after_update: Callable[[int, list[nn.Parameter]], None] | None = None
         self.lr = float(self.sgd.lr)
         self.optimizers: list[torch.optim.Optimizer] = self._build_optimizers()
 
@@ -115,9 +118,12 @@ class BPMethod(ABC):
 
     def _apply_update(self, opt: torch.optim.Optimizer) -> None:
         """Step ``opt`` after the gradients of its parameters are synchronised (when distributed)."""
+        params = [p for g in opt.param_groups for p in g["params"]]
         if self.grad_sync is not None:
-            self.grad_sync([p for g in opt.param_groups for p in g["params"]])
+            self.grad_sync(params)
         opt.step()
+        if self.after_update is not None:
+            self.after_update(next(i for i, o in enumerate(self.optimizers) if o is opt), params)
 
     def _lr_scale(self, optimizer_index: int, group: dict) -> float:
         """Factor applied to the base learning rate for one parameter group (1 unless a method says)."""

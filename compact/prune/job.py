@@ -152,7 +152,8 @@ def prune_job(
     """
     from compact.data import load_data
     from compact.engine import train
-    from compact.engine.trainer import RUN_FILES, build_network, data_options, resolve_device
+    from compact.engine.files import RUN_FILES
+    from compact.engine.trainer import build_network, data_options, resolve_device
     from compact.modelfile import ModelInfo, save_model
 
     spec = PRUNERS.get(method)
@@ -230,8 +231,15 @@ def prune_job(
         write_text(out / PLAN, json.dumps({"report": report, "config": run_cfg.to_dict()}, indent=2) + "\n")
     if not finetune and not spec.soft:
         return _write_report(out, report, out / PRUNED_INIT, test_loader, device, log) if d.is_main else {}
-    train(run_cfg, out, overwrite=True, progress=progress, log=log)
+    train(run_cfg, out, overwrite=True, progress=progress, log=log, callbacks=_callbacks(run_cfg))
     return _finish_run(out, report, log) if d.is_main else {}
+
+
+def _callbacks(cfg) -> list:
+    """What the engine needs besides plain training: soft filter pruning for an SFP job."""
+    from compact.prune.sfp import SoftFilterPruning
+
+    return [SoftFilterPruning.from_config(cfg.soft_prune)] if cfg.soft_prune else []
 
 
 def _finish_run(out: Path, report: dict[str, Any], log) -> dict[str, Any]:
@@ -275,15 +283,19 @@ def _finish_resumed(out: Path, progress, log) -> dict[str, Any]:
 
     if not (out / PLAN).is_file():
         raise CompactError(f"{out} holds no pruning job to resume (no {PLAN})")
-    plan = json.loads((out / PLAN).read_text())
+    try:
+        plan = json.loads((out / PLAN).read_text())
+        plan["report"], plan["config"]  # noqa: B018 (both must be there)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError, KeyError):
+        raise CompactError(f"{out / PLAN} is damaged; start the job again with --overwrite") from None
     cfg = open_run(out).config if (out / "config.yaml").is_file() else None
     if cfg is None:
         from compact.engine import TrainConfig
 
         cfg = TrainConfig.from_dict(plan["config"], str(out / PLAN))
-        train(cfg, out, overwrite=True, progress=progress, log=log)
+        train(cfg, out, overwrite=True, progress=progress, log=log, callbacks=_callbacks(cfg))
     else:
-        train(cfg, out, resume=True, progress=progress, log=log)
+        train(cfg, out, resume=True, progress=progress, log=log, callbacks=_callbacks(cfg))
     return _finish_run(out, plan["report"], log)
 
 

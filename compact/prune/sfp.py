@@ -16,6 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from compact.engine.callbacks import Callback, RunContext
 from compact.errors import CompactError
 from compact.prune.base import PRUNERS, PruneSettings, dependency_graph_for, prune_layers
 
@@ -31,14 +32,41 @@ _OUT_FNS = {
 }
 
 
-class SoftFilterPruning:
-    """Zero, then finally remove, ``ratios[name]`` of the output filters of each named layer."""
+class SoftFilterPruning(Callback):
+    """Zero, then finally remove, ``ratios[name]`` of the output filters of each named layer.
 
-    def __init__(self, ratios: dict[str, float], input_size: Sequence[int], round_to: int | None = 8) -> None:
+    As a training callback (what ``compact prune --method sfp`` passes to the engine) it zeroes the filters
+    of the network's backbone after every epoch's training, keeps what it zeroed in the checkpoints, and
+    removes those filters when training ends. ``input_size`` defaults to the run's.
+    """
+
+    state_key = "soft_prune"
+
+    def __init__(
+        self, ratios: dict[str, float], input_size: Sequence[int] | None = None, round_to: int | None = 8
+    ) -> None:
         self.ratios = dict(ratios)
-        self.input_size = list(input_size)
+        self.input_size = list(input_size) if input_size is not None else None
         self.settings = PruneSettings(allocation="uniform", round_to=round_to)
         self.zeroed: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_config(cls, soft_prune: dict[str, Any]) -> SoftFilterPruning:
+        """The callback for a training configuration's ``soft_prune`` entry (``ratios``, ``round_to``)."""
+        return cls(soft_prune["ratios"], None, soft_prune.get("round_to"))
+
+    # -- the engine's hooks ---------------------------------------------------------------------------
+    def _size(self, ctx: RunContext) -> None:
+        if self.input_size is None:
+            self.input_size = list(ctx.extra["input_size"])
+
+    def after_train_epoch(self, ctx: RunContext) -> None:
+        self._size(ctx)
+        self.zero(ctx.net.backbone)  # the zeroed filters keep training in the next epoch
+
+    def on_train_end(self, ctx: RunContext) -> None:
+        self._size(ctx)
+        self.finalize(ctx.net.backbone)  # remove exactly the filters zeroed last
 
     def zero(self, model: nn.Module) -> dict[str, list[int]]:
         """Rank the filters by their current L2 norm and zero the lowest of each layer; returns what was zeroed."""
@@ -88,6 +116,8 @@ class SoftFilterPruning:
         return {"ratios": self.ratios, "zeroed": self.zeroed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
         if state.get("ratios") != self.ratios:
             raise CompactError("the checkpoint's soft-pruning ratios differ from this run's")
         self.zeroed = {k: list(v) for k, v in state.get("zeroed", {}).items()}
