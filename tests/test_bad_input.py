@@ -172,7 +172,7 @@ CASES = [
     (["train", *TINY, "--method-option", "c=2020-01-01", "--out", "{ws}/new"], "got date"),
     (["train", *TINY, "--lr", "nan", "--out", "{ws}/new"], "lr must be a number > 0"),
     (["train", *TINY, "--num-classes", "1000000000", "--out", "{ws}/new"], "num_classes"),
-    (["train", *TINY, "--image-size", "100000", "--out", "{ws}/new"], "image_size must be an integer in 1..2048"),
+    (["train", *TINY, "--image-size", "100000", "--out", "{ws}/new"], "image_size must be an integer in 8..2048"),
     (["train", *TINY, "--subset", "-5", "--out", "{ws}/new"], "subset must be an integer >= 1"),
     (["train", *TINY, "--exit-nodes", "nowhere", "--out", "{ws}/new"], "nowhere"),
     (["train", *TINY, "--data", "imagefolder:{ws}/nothing", "--out", "{ws}/new"], "does not exist"),
@@ -258,6 +258,15 @@ CASES = [
     (["report", "{ws}/rr"], "summary.json is damaged"),
     # inspection
     (["exits", "--model", "cifar_resnet20", "--input-size", "3,99999,32"], "H, W in 1..2048"),
+    # networks that cannot take the input size: named before any training, with the smallest size that works
+    (["exits", "--model", "timm:convnext_atto", "--data", "fashion-mnist", "--exits", "3"],
+     "the smallest square input it takes is 1x32x32 (--image-size 32)"),  # fmt: skip
+    (["train-mwbp", *TINY, "--model", "timm:convnext_atto", "--image-size", "16", "--exits", "3", "--out",
+      "{ws}/new"], "the smallest square input it takes is 3x32x32"),  # fmt: skip
+    (["train", *TINY, "--augment", "mixup", "--out", "{ws}/new"], "invalid choice: 'mixup'"),
+    (["train", *TINY, "--in-chans", "2", "--out", "{ws}/new"], "invalid choice: 2"),
+    (["train", *TINY, "--image-size", "4", "--out", "{ws}/new"], "image_size must be an integer in 8..2048"),
+    (["run", "demo", "--image-size", "5000", "--out", "{ws}/new"], "--image-size must lie in 8..2048"),
     (["exits", "--model", "cifar_resnet20", "--exit-nodes", "nowhere"], "nowhere"),
     (["exits", "--model", "cifar_resnet20", "--exits", "3", "--model-arg", "pretrained=1"], "'pretrained' is refused"),
 ]

@@ -185,3 +185,67 @@ def test_bad_datasets_are_named(tmp_path):
         load_data(DataOptions(name=f"imagefolder:{tmp_path / 'train'}"))
     with pytest.raises(CompactError, match="subset must be a positive number"):
         DataOptions(subset=0)
+
+
+# -- input sizes, channels and augmentation ----------------------------------------------------------------
+def test_in_memory_datasets_take_image_size_and_channels(tmp_path):
+    from _helpers import fake_cifar10_py
+
+    from compact.data import DataOptions, load_data
+
+    fake_cifar10_py(tmp_path, n=8)
+    native = load_data(DataOptions(name="cifar10", data_dir=str(tmp_path)))
+    assert native.input_size == (3, 32, 32)
+    small = load_data(DataOptions(name="cifar10", data_dir=str(tmp_path), image_size=16, in_chans=1))
+    assert small.input_size == (1, 16, 16) and len(small.mean) == 1
+    _, test = small.loaders(8, seed=0)
+    x, _ = next(iter(test))
+    assert x.shape == (8, 1, 16, 16)
+    # independent computation of the first test image: luma of the uint8 RGB, then an antialiased resize
+    from compact.data.cifar import load_cifar
+
+    _, raw_test, _ = load_cifar("cifar10", tmp_path)
+    luma = (raw_test.images[:1].float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    want = torch.nn.functional.interpolate(luma.round(), size=(16, 16), mode="bilinear", antialias=True).round()
+    got = x[:1] * torch.tensor(small.std).view(1, -1, 1, 1) + torch.tensor(small.mean).view(1, -1, 1, 1)
+    assert torch.allclose(got * 255, want, atol=1e-3)
+
+
+def test_random_resized_crop_of_the_whole_image_is_the_image():
+    from compact.data.memory import random_resized_crop
+
+    x = torch.rand(4, 3, 10, 10)
+    same = random_resized_crop(x, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert torch.allclose(same, x, atol=1e-5)
+    crops = random_resized_crop(x, torch.Generator().manual_seed(0))
+    assert crops.shape == x.shape and not torch.allclose(crops, x)
+
+
+@pytest.mark.parametrize("augment, flip, changes", [("none", True, False), ("cifar", False, True), ("imagenet", True, True)])
+def test_augment_options_of_in_memory_data(tmp_path, augment, flip, changes):
+    from _helpers import fake_cifar10_py
+
+    from compact.data import DataOptions, load_data
+
+    fake_cifar10_py(tmp_path, n=8)
+    data = load_data(DataOptions(name="cifar10", data_dir=str(tmp_path), subset=8, augment=augment, flip=flip))
+    train, _ = data.loaders(8, seed=0)
+    train.set_epoch(0)
+    x, y = next(iter(train))
+    plain = (train.data.images[torch.randperm(8, generator=torch.Generator().manual_seed(0))].float() / 255
+             - train.mean) / train.std  # fmt: skip
+    assert x.shape == plain.shape
+    assert (not torch.allclose(x, plain)) == changes
+
+
+def test_image_folders_say_the_size_used_and_warn_when_upsampling(tmp_path, capsys):
+    from compact.data import DataOptions, load_data
+
+    _image_tree(tmp_path, size=12)
+    data = load_data(DataOptions(name=f"imagefolder:{tmp_path}", workers=0, augment="cifar", flip=False, in_chans=1))
+    assert data.input_size == (1, 224, 224)
+    err = capsys.readouterr().err
+    assert "images about 12 px on their short side, used at 224 px (the default" in err
+    assert "warning" in err and "upsamples images of about 12 px" in err and "--image-size 12" in err
+    load_data(DataOptions(name=f"imagefolder:{tmp_path}", workers=0, image_size=12))
+    assert "warning" not in capsys.readouterr().err

@@ -114,7 +114,7 @@ def add_model_args(p: argparse.ArgumentParser, training: bool = False) -> None:
         help="default: the dataset's" if training else None,
     )
     if not training:
-        g.add_argument("--input-size", type=_size, default=(3, 32, 32), metavar="C,H,W")
+        g.add_argument("--input-size", type=_size, default=None, metavar="C,H,W", help="default 3,32,32")
     add_placement_args(g, d(None))
     g.add_argument("--head", default=d("bn-relu-gap-fc"), help="head type: bn-relu-gap-fc, relu-gap-fc, gap-fc")
     g.add_argument("--nu", type=float, default=d(None), help="decay rate of the loss weights (Eq. 5; default 2)")

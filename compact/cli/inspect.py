@@ -75,10 +75,27 @@ def _add_exits(sub) -> None:
     add_model_args(p)
     p.add_argument("--model-arg", dest="model_kwargs", type=_key_value, action="append", default=[],
                    metavar="KEY=VALUE", help="extra model constructor argument, e.g. shortcut=B")  # fmt: skip
+    p.add_argument(
+        "--data",
+        default=None,
+        help="size the input like this dataset (fashion-mnist, cifar10, cifar100, imagefolder:PATH); "
+        "--input-size wins when both are given",
+    )
+    p.add_argument("--image-size", type=int, default=None, metavar="PX", help="with --data: the image side used")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _cmd_exits(args) -> int:
+    if args.data is not None and args.input_size is None:
+        from compact.data import check_dataset_name
+        from compact.data.datasets import FOLDER_SIZE, NATIVE_SIZES
+
+        name = check_dataset_name(args.data, "--data")
+        c, h, _ = NATIVE_SIZES.get(name, (3, FOLDER_SIZE, FOLDER_SIZE))
+        side = args.image_size or h
+        args.input_size = (c, side, side)
+    if args.input_size is None:
+        args.input_size = (3, 32, 32)
     net, weighting = build_net(args)
     rows = net.describe()
     for row, g in zip(rows, weighting.gammas(), strict=True):

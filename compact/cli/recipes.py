@@ -17,6 +17,7 @@ def _add_run(sub) -> None:
     p.add_argument("--smoke", action="store_true", help="a few batches per entry, to check that the recipe runs")
     p.add_argument("--data", default=None, help="override the recipe's dataset (e.g. imagefolder:PATH)")
     p.add_argument("--data-dir", default=None, help="override where the dataset files are")
+    p.add_argument("--image-size", type=int, default=None, help="override the recipe's image side (pixels)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
@@ -30,7 +31,11 @@ def _cmd_run(args) -> int:
         from compact.data import check_dataset_name
 
         check_dataset_name(args.data, "--data")
-    settings = RunSettings(smoke=args.smoke, data=args.data, data_dir=args.data_dir, progress=args.progress)
+    if args.image_size is not None and not 8 <= args.image_size <= 2048:
+        raise CompactError(f"--image-size must lie in 8..2048, got {args.image_size}")
+    settings = RunSettings(
+        smoke=args.smoke, data=args.data, data_dir=args.data_dir, progress=args.progress, image_size=args.image_size
+    )
     run_recipe(recipe, out, settings, log=lambda m: print(m, flush=True))
     print(f"all entries of {recipe.name} are done in {out}; make the report with: compact report {out}")
     return 0

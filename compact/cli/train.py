@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-subset", type=int, default=S, metavar="N", help="evaluate on N test images only")
     g.add_argument("--workers", type=int, default=S, help="DataLoader workers for image folders (default 2)")
     g.add_argument("--device", default=S, help="auto (default: CUDA when available), cpu, cuda, cuda:N")
+    g.add_argument("--augment", default=S, choices=["cifar", "imagenet", "none"],
+                   help="training augmentation: cifar (padded random crop; default for Fashion-MNIST and CIFAR), "
+                   "imagenet (random resized crop; default for image folders) or none")  # fmt: skip
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=S,
+                   help="random horizontal flips in training (default on; --no-flip for digits, text)")  # fmt: skip
+    g.add_argument("--in-chans", type=int, default=S, choices=[1, 3],
+                   help="1 (grayscale) or 3 (RGB) input channels (default: the dataset's; folders: 3)")  # fmt: skip
 
 
 def add_model_kwargs_arg(p: argparse.ArgumentParser, note: str = "") -> None:
@@ -41,7 +49,9 @@ def add_schedule_args(p: argparse.ArgumentParser, epochs_default: int = 400) -> 
     """Training-set size and the SGD schedule (left-out options come from the config or the defaults)."""
     g = p.add_argument_group("schedule (defaults: the paper's)")
     g.add_argument("--subset", type=int, default=S, metavar="N", help="train on N images (seeded choice)")
-    g.add_argument("--image-size", type=int, default=S, help="crop size for image folders (default 224)")
+    g.add_argument("--image-size", type=int, default=S, metavar="PX",
+                   help="input side: in-memory datasets are resized to it (default: their own, 28 or 32), image "
+                   "folders cropped to it (default 224)")  # fmt: skip
     g.add_argument("--epochs", type=int, default=S, help=f"default {epochs_default}")
     g.add_argument("--batch-size", type=int, default=S, help="default 128")
     g.add_argument("--eval-batch-size", type=int, default=S, help="default 512")
@@ -130,7 +140,7 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_train(args) -> int:
     from compact.engine import TrainConfig, open_run, resolve_config, train
-    from compact.engine.config import SMOKE
+    from compact.engine.config import SMOKE, SMOKE_IMAGE_SIZE
 
     if (args.out is None) == (args.resume is None):
         raise CompactError("give either --out RUN (a new run) or --resume RUN (continue one)")
@@ -149,6 +159,8 @@ def _cmd_train(args) -> int:
     else:
         cfg = resolve_config(cli, args.config)
         out = args.out
+    if args.smoke and cfg.data.startswith("imagefolder:") and cfg.image_size is None:
+        cfg = dataclasses.replace(cfg, image_size=SMOKE_IMAGE_SIZE)  # small images, unless a size was given
     if args.fixed_method and cfg.placement == {"num_outputs": 1}:
         raise CompactError(
             f"{args.command} needs auxiliary exits: --exits N, --exit-blocks, --exit-layers or --exit-nodes"
@@ -211,6 +223,7 @@ def _cmd_eval(args) -> int:
         download=getattr(args, "download", False),
         test_subset=getattr(args, "test_subset", None),
         image_size=info.input_size[-1],
+        in_chans=info.in_chans,
         seed=cfg.seed if cfg else int(info.source.get("seed", 0)),
         workers=getattr(args, "workers", 2),
     )

@@ -17,6 +17,12 @@ from compact.errors import CompactError
 
 DATASETS: Registry[Callable[..., Data]] = Registry("dataset")
 PREFIXED = ("imagefolder:PATH",)
+#: augmentations (see DataOptions)
+AUGMENTS = ("cifar", "imagenet", "none")
+#: the input size of each in-memory dataset as stored (C, H, W), known without loading it
+NATIVE_SIZES = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+#: the crop side of image folders when no image_size is given
+FOLDER_SIZE = 224
 #: the largest image side compact resizes to (larger inputs are refused before anything is allocated)
 MAX_IMAGE_SIZE = 2048
 
@@ -26,7 +32,12 @@ class DataOptions:
     """Where to find a dataset and how much of it to use.
 
     ``subset`` / ``test_subset``: use that many images, drawn by a permutation seeded with ``seed``.
-    ``image_size``: side of the square crops of image folders (in-memory datasets keep their own size).
+    ``image_size``: side of the square inputs; in-memory datasets are resized to it once when loaded
+    (default: their own size), image folders are cropped to it (default 224).
+    ``augment``: ``cifar`` (zero-padded random crop, 1/8 of the side, as for CIFAR), ``imagenet`` (random
+    resized crop, scale 0.08-1, aspect 3/4-4/3) or ``none``; default ``cifar`` for in-memory datasets,
+    ``imagenet`` for image folders. ``flip``: random horizontal flips when augmenting (wrong for digits or
+    text). ``in_chans``: 1 (grayscale) or 3 (RGB); default the dataset's own (image folders: 3).
     """
 
     name: str = "fashion-mnist"
@@ -35,8 +46,11 @@ class DataOptions:
     subset: int | None = None
     test_subset: int | None = None
     seed: int = 0
-    image_size: int = 224
+    image_size: int | None = None
     workers: int = 2
+    augment: str | None = None
+    flip: bool = True
+    in_chans: int | None = None
 
     def __post_init__(self) -> None:
         def is_int(v: object) -> bool:
@@ -46,8 +60,14 @@ class DataOptions:
             value = getattr(self, key)
             if value is not None and (not is_int(value) or value <= 0):
                 raise CompactError(f"{key} must be a positive number of images, got {value!r}")
-        if not is_int(self.image_size) or not 1 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise CompactError(f"image_size must be an integer in 1..{MAX_IMAGE_SIZE}, got {self.image_size!r}")
+        if self.image_size is not None and (not is_int(self.image_size) or not 8 <= self.image_size <= MAX_IMAGE_SIZE):
+            raise CompactError(f"image_size must be an integer in 8..{MAX_IMAGE_SIZE}, got {self.image_size!r}")
+        if self.augment is not None and self.augment not in AUGMENTS:
+            raise CompactError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if not isinstance(self.flip, bool):
+            raise CompactError(f"flip must be true or false, got {self.flip!r}")
+        if self.in_chans is not None and self.in_chans not in (1, 3):
+            raise CompactError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {self.in_chans!r}")
         if not is_int(self.workers) or not 0 <= self.workers <= 256:
             raise CompactError(f"workers must be an integer in 0..256, got {self.workers!r}")
         if not is_int(self.seed) or self.seed < 0:
@@ -90,19 +110,25 @@ def _in_memory(
     test: ArrayDataset,
     opts: DataOptions,
     pad: int,
-    flip: bool,
     classes: list[str] | None,
 ) -> Data:
+    if opts.in_chans is not None and opts.in_chans != train.input_size[0]:
+        train, test = train.with_channels(opts.in_chans), test.with_channels(opts.in_chans)
+    native = train.input_size[-1]
+    if opts.image_size is not None and opts.image_size != native:
+        train, test = train.resized(opts.image_size), test.resized(opts.image_size)
+        pad = max(1, round(pad * opts.image_size / native))
     mean, std = train.mean_std()  # of the whole training set, before any subset
     if opts.subset:
         train = train.subset(opts.subset, opts.seed)
     if opts.test_subset:
         test = test.subset(opts.test_subset, opts.seed)
+    augment = opts.augment or "cifar"
 
     def make(batch_size: int, eval_batch_size: int, seed: int, shard: tuple[int, int]):
         common = {"mean": mean, "std": std, "seed": seed, "shard": shard}
         return (
-            InMemoryLoader(train, batch_size, train=True, pad=pad, flip=flip, **common),
+            InMemoryLoader(train, batch_size, train=True, augment=augment, pad=pad, flip=opts.flip, **common),
             InMemoryLoader(test, eval_batch_size, train=False, **common),
         )
 
@@ -111,11 +137,11 @@ def _in_memory(
 
 @DATASETS.register("fashion-mnist")
 def fashion_mnist(opts: DataOptions) -> Data:
-    """Fashion-MNIST, 28x28 grayscale; augmentation: 2-pixel padded random crop and horizontal flip."""
+    """Fashion-MNIST, 28x28 grayscale; default augmentation: 2-pixel padded random crop and horizontal flip."""
     from compact.data.fashion_mnist import CLASSES, load_fashion_mnist
 
     train, test = load_fashion_mnist(opts.data_dir, opts.download)
-    return _in_memory("fashion-mnist", train, test, opts, pad=2, flip=True, classes=list(CLASSES))
+    return _in_memory("fashion-mnist", train, test, opts, pad=2, classes=list(CLASSES))
 
 
 def _cifar(name: str) -> Callable[[DataOptions], Data]:
@@ -123,9 +149,9 @@ def _cifar(name: str) -> Callable[[DataOptions], Data]:
         from compact.data.cifar import load_cifar
 
         train, test, classes = load_cifar(name, opts.data_dir, opts.download)
-        return _in_memory(name, train, test, opts, pad=4, flip=True, classes=classes)
+        return _in_memory(name, train, test, opts, pad=4, classes=classes)
 
-    load.__doc__ = f"{name.upper()}, 32x32 RGB; augmentation: 4-pixel padded random crop and horizontal flip."
+    load.__doc__ = f"{name.upper()}, 32x32 RGB; default augmentation: 4-pixel padded random crop and horizontal flip."
     return load
 
 
@@ -136,13 +162,16 @@ DATASETS.register("cifar100")(_cifar("cifar100"))
 def _image_folder(root: str, opts: DataOptions, in_chans: int) -> Data:
     import torch
 
-    from compact.data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, image_folder
+    from compact.data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, image_folder, report_size
 
     if not Path(root).is_dir():
         raise CompactError(f"image folder {root!r} does not exist")
-    size = opts.image_size
-    train = image_folder(root, "train", size, train=True, in_chans=in_chans)
+    size = opts.image_size or FOLDER_SIZE
+    in_chans = opts.in_chans or in_chans
+    augment = opts.augment or "imagenet"
+    train = image_folder(root, "train", size, train=True, in_chans=in_chans, augment=augment, flip=opts.flip)
     test = image_folder(root, "val", size, train=False, in_chans=in_chans)
+    report_size(root, train, size, given=opts.image_size is not None)
     if len(train.classes) < 2:
         raise CompactError(
             f"{root}/train has {len(train.classes)} class folder(s) ({', '.join(train.classes)}); a classifier needs "

@@ -33,15 +33,34 @@ class _Convert:
         return image.convert(self.mode)
 
 
-def image_folder(root: str | Path, split: str, size: int, train: bool, in_chans: int = 3):
-    """A torchvision ``ImageFolder`` of ``root/split`` with compact's transforms."""
+def image_folder(
+    root: str | Path,
+    split: str,
+    size: int,
+    train: bool,
+    in_chans: int = 3,
+    augment: str = "imagenet",
+    flip: bool = True,
+):
+    """A torchvision ``ImageFolder`` of ``root/split`` with compact's transforms (``augment``: see
+    :class:`compact.data.DataOptions`; evaluation always resizes to ``size / 0.875`` and centre-crops)."""
     from torchvision import datasets, transforms
 
     path = Path(root) / split
     if not path.is_dir():
         raise CompactError(f"image folder {root} has no {split}/ directory (expected {'/ and '.join(SPLITS)}/)")
-    if train:
-        geometry = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
+    flips = [transforms.RandomHorizontalFlip()] if flip else []
+    if train and augment == "imagenet":
+        geometry = [transforms.RandomResizedCrop(size), *flips]
+    elif train and augment == "cifar":
+        geometry = [
+            transforms.Resize(size),
+            transforms.CenterCrop(size),
+            transforms.RandomCrop(size, padding=max(1, size // 8)),
+            *flips,
+        ]
+    elif train:
+        geometry = [transforms.Resize(size), transforms.CenterCrop(size)]
     else:
         geometry = [transforms.Resize(int(round(size / 0.875))), transforms.CenterCrop(size)]
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ([0.5] * in_chans, [0.5] * in_chans)
@@ -84,6 +103,28 @@ def load_image(path: str):
             return image
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
         raise BadImageError(f"cannot read image {path}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def report_size(root: str | Path, dataset, size: int, given: bool) -> None:
+    """Say on stderr at what size the images are used, and warn when that upsamples them."""
+    from PIL import Image
+
+    sides = []
+    for file, _ in dataset.samples[:: max(1, len(dataset.samples) // 50)][:50]:  # a sample of the headers
+        with Image.open(file) as image:
+            sides.append(min(image.size))
+    if not sides:
+        return
+    typical = sorted(sides)[len(sides) // 2]
+    how = "--image-size" if given else "the default; set --image-size to change it"
+    msg = f"image folder {root}: images about {typical} px on their short side, used at {size} px ({how})"
+    print(msg, file=sys.stderr)
+    if size > typical * 1.15:
+        print(
+            f"warning: {root}: {size} px upsamples images of about {typical} px; training costs "
+            f"{(size / typical) ** 2:.1f}x more than at their own size (--image-size {typical})",
+            file=sys.stderr,
+        )
 
 
 def check_images(dataset) -> list[str]:

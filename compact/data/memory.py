@@ -46,9 +46,56 @@ class ArrayDataset:
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return ArrayDataset(self.images[idx], self.labels[idx], self.num_classes, f"{self.name}[{n}]")
 
+    def with_channels(self, channels: int) -> ArrayDataset:
+        """The images as ``channels`` (1: ITU-R 601 luma of RGB; 3: grayscale repeated)."""
+        c = self.images.shape[1]
+        if channels == c:
+            return self
+        if (c, channels) == (1, 3):
+            images = self.images.expand(-1, 3, -1, -1).contiguous()
+        elif (c, channels) == (3, 1):
+            luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            images = (self.images.float() * luma).sum(1, keepdim=True).round().clamp_(0, 255).to(torch.uint8)
+        else:
+            raise CompactError(f"{self.name}: cannot turn {c} channels into {channels}")
+        return ArrayDataset(images, self.labels, self.num_classes, self.name)
+
+    def resized(self, size: int, chunk: int = 4096) -> ArrayDataset:
+        """Every image resized to ``size`` x ``size`` (bilinear, antialiased when shrinking), kept as uint8."""
+        n, c = self.images.shape[:2]
+        if (size * size * c * n) > (8 << 30):
+            raise CompactError(f"{self.name}: {n} images of {c}x{size}x{size} would take over 8 GB in memory")
+        out = torch.empty(n, c, size, size, dtype=torch.uint8)
+        for start in range(0, n, chunk):
+            x = self.images[start : start + chunk].float()
+            y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+            out[start : start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
+        return ArrayDataset(out, self.labels, self.num_classes, self.name)
+
     def mean_std(self) -> tuple[list[float], list[float]]:
         x = self.images.float() / 255.0
         return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
+
+
+def random_resized_crop(
+    x: torch.Tensor, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> torch.Tensor:
+    """Per-image random resized crop of a batch (ImageNet-style augmentation), resampled bilinearly back to
+    the batch's size: each image gets a crop of ``scale`` of its area and aspect ``ratio``, at a random
+    place, through one batched affine resampling."""
+    b = x.shape[0]
+    area = torch.empty(b).uniform_(*scale, generator=generator)
+    log_r = torch.empty(b).uniform_(torch.tensor(ratio[0]).log().item(), torch.tensor(ratio[1]).log().item(),
+                                    generator=generator)  # fmt: skip
+    aspect = log_r.exp()
+    w = (area * aspect).sqrt().clamp(max=1.0)  # fraction of the width
+    h = (area / aspect).sqrt().clamp(max=1.0)
+    cx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - w)  # centre, in [-1, 1] coordinates
+    cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - h)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -86,6 +133,7 @@ class InMemoryLoader:
         train: bool,
         mean: list[float],
         std: list[float],
+        augment: str = "cifar",
         pad: int = 0,
         flip: bool = False,
         seed: int = 0,
@@ -96,6 +144,7 @@ class InMemoryLoader:
         self.shard = shard
         self.data, self.batch_size, self.train = data, batch_size, train
         self.pad, self.flip, self.seed = pad, flip, seed
+        self.augment = augment
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.epoch = 0
@@ -113,8 +162,12 @@ class InMemoryLoader:
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             x = self.data.images[idx].float().div_(255.0)
-            if self.train and (self.pad or self.flip):
+            if self.train and self.augment == "imagenet":
+                x = random_crop_flip(random_resized_crop(x, g), 0, self.flip, g)
+            elif self.train and self.augment == "cifar" and (self.pad or self.flip):
                 x = random_crop_flip(x, self.pad, self.flip, g)
+            elif self.train and self.augment == "none":
+                pass
             y = self.data.labels[idx]
             rank, world = self.shard
             if world > 1:  # every process augments the global batch alike and keeps its share

@@ -27,7 +27,9 @@ class TrainConfig:
     lr 0.1 divided by 10 (``lr_decay``) at 40% and 60% of the epochs (``lr_milestones``, fractions).
     Exits are placed by exactly one of ``exits`` (number of outputs, final included), ``exit_blocks``,
     ``exit_layers`` or ``exit_nodes``; with none, the network has only its final output.
-    ``num_classes`` defaults to the dataset's. ``device``: ``auto`` takes CUDA when available.
+    ``num_classes`` defaults to the dataset's. ``image_size``, ``augment``, ``flip``, ``in_chans``: how
+    images are fed (see :class:`compact.data.DataOptions`; defaults: the dataset's own).
+    ``device``: ``auto`` takes CUDA when available.
     ``init_from``: a run folder or model file whose backbone weights start the run (fine-tuning, or the
     frozen trunk of the ``probe`` method); the heads start fresh.
     ``soft_prune``: ``{"ratios": {layer: fraction}, "round_to": n}`` for soft filter pruning (set by
@@ -52,7 +54,10 @@ class TrainConfig:
     download: bool = False
     subset: int | None = None
     test_subset: int | None = None
-    image_size: int = 224
+    image_size: int | None = None
+    augment: str | None = None
+    flip: bool = True
+    in_chans: int | None = None
     workers: int = 2
     epochs: int = 400
     batch_size: int = 128
@@ -76,8 +81,7 @@ class TrainConfig:
         _check_int(self, "eval_batch_size", 1)
         _check_int(self, "seed", 0)
         _check_int(self, "workers", 0)
-        _check_int(self, "image_size", 1)
-        for key in ("num_classes", "exits", "subset", "test_subset"):
+        for key in ("num_classes", "exits", "subset", "test_subset", "image_size", "in_chans"):
             if getattr(self, key) is not None:
                 _check_int(self, key, 1)
         for key in ("lr", "lr_decay"):
@@ -164,8 +168,9 @@ SMOKE: dict[str, Any] = {
     "batch_size": 16,
     "eval_batch_size": 16,
     "epochs": 1,
-    "image_size": 32,
 }
+#: the image side of a smoke run on an image folder, unless one is given (in-memory data keeps its own)
+SMOKE_IMAGE_SIZE = 32
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
@@ -206,6 +211,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "data": (str,),
     "data_dir": (str,),
     "download": (bool,),
+    "augment": (str,),
+    "flip": (bool,),
     "nesterov": (bool,),
     "device": (str,),
     "soft_prune": (dict,),

@@ -91,6 +91,9 @@ def data_options(cfg: TrainConfig) -> DataOptions:
         seed=cfg.seed,
         image_size=cfg.image_size,
         workers=cfg.workers,
+        augment=cfg.augment,
+        flip=cfg.flip,
+        in_chans=cfg.in_chans,
     )
 
 

@@ -190,6 +190,7 @@ def attach_exits(
             "attach exits to the plain model, not to the result of torch.compile (FX cannot trace a compiled "
             "module); compile afterwards if you need to"
         )
+    check_input_size(model, input_size)
     chosen = [a is not None for a in (num_outputs, blocks, layers, nodes)]
     if sum(chosen) != 1:
         raise CompactError("give exactly one of num_outputs, blocks, layers or nodes to place the exits")
@@ -236,6 +237,39 @@ def attach_exits(
     net.__dict__["_extractors"]["all"] = extractor.train(model.training)  # reuse the trace
     check_faithful(net, input_size)
     return net
+
+
+def _runs(model: nn.Module, input_size: Sequence[int]) -> str | None:
+    """None if ``model`` runs on one input of ``input_size``, else the first line of its complaint."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size))
+    except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return None
+
+
+def check_input_size(model: nn.Module, input_size: Sequence[int]) -> None:
+    """Refuse an input size the model cannot take (its feature maps shrink to nothing, or its layers expect
+    another size), naming the smallest square side that works when one up to 1024 px does."""
+    was_training = model.training
+    model.eval()
+    try:
+        problem = _runs(model, input_size)
+        if problem is None:
+            return
+        hint = ""
+        if len(input_size) == 3:
+            c, side = int(input_size[0]), int(max(input_size[1:]))
+            if _runs(model, (c, 1024, 1024)) is None:
+                lo, hi = side, 1024  # lo fails, hi works
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if _runs(model, (c, mid, mid)) is None else (mid, hi)
+                hint = f"; the smallest square input it takes is {c}x{hi}x{hi} (--image-size {hi})"
+    finally:
+        model.train(was_training)
+    raise CompactError(f"{type(model).__name__} cannot take inputs of size {tuple(input_size)} ({problem}){hint}")
 
 
 def check_faithful(net: MultiExitNet, input_size: Sequence[int]) -> None:

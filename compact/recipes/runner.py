@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from compact._atomic import write_text
-from compact.engine.config import SMOKE
+from compact.engine.config import SMOKE, SMOKE_IMAGE_SIZE
 from compact.errors import CompactError
 from compact.recipes.schema import Entry, Recipe
 
@@ -41,9 +41,13 @@ class RunSettings:
     data: str | None = None
     data_dir: str | None = None
     progress: bool | None = None
+    image_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"smoke": self.smoke, "data": self.data, "data_dir": self.data_dir}
+        out = {"smoke": self.smoke, "data": self.data, "data_dir": self.data_dir}
+        if self.image_size is not None:  # (absent from the stamps of runs made before the option)
+            out["image_size"] = self.image_size
+        return out
 
 
 def seeds_of(recipe: Recipe, smoke: bool) -> list[int]:
@@ -55,16 +59,26 @@ def entry_dir(out: Path, entry: str, seed: int) -> Path:
     return out / entry / f"seed{seed}"
 
 
+def effective_data(recipe_data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The data a run used: the recipe's ``data`` with the run's overrides (``--data``, ``--data-dir``,
+    ``--image-size``) and, in a smoke run, the smoke subset (and a small image side for image folders)."""
+    data = {"name": "fashion-mnist", **recipe_data}
+    if settings.get("data"):
+        data["name"] = settings["data"]
+    if settings.get("data_dir"):
+        data["data_dir"] = settings["data_dir"]
+    if settings.get("image_size"):
+        data["image_size"] = settings["image_size"]
+    if settings.get("smoke"):
+        data.update({k: SMOKE[k] for k in ("subset", "test_subset")})
+        if str(data["name"]).startswith("imagefolder:") and not data.get("image_size"):
+            data["image_size"] = SMOKE_IMAGE_SIZE
+    return data
+
+
 def _data_config(recipe: Recipe, settings: RunSettings) -> dict[str, Any]:
-    data = dict(recipe.data)
-    cfg = {"data": settings.data or data.pop("name", "fashion-mnist")}
-    data.pop("name", None)
-    cfg.update(data)
-    if settings.data_dir:
-        cfg["data_dir"] = settings.data_dir
-    if settings.smoke:
-        cfg.update({k: SMOKE[k] for k in ("subset", "test_subset", "image_size")})
-    return cfg
+    data = effective_data(recipe.data, settings.to_dict())
+    return {"data": data.pop("name"), **data}
 
 
 def _schedule(recipe: Recipe, settings: RunSettings, seed: int, spec: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from compact.engine.config import PLACEMENT_KEYS, TrainConfig, read_yaml
 from compact.errors import CompactError
 
 TOP_KEYS = {"name", "description", "data", "seeds", "train_defaults", "profile", "entries", "notes"}
-DATA_KEYS = {"name", "data_dir", "download", "subset", "test_subset", "image_size", "workers"}
+DATA_KEYS = {"name", "data_dir", "download", "subset", "test_subset", "image_size", "workers", "augment", "flip",
+             "in_chans"}  # fmt: skip
 PROFILE_KEYS = {"onnx", "batches", "rounds", "repeats", "threads"}
 KINDS = ("train", "probe", "prune")
 PROBE_KEYS = {"of", "exits_like", "head", *PLACEMENT_KEYS}

@@ -9,6 +9,7 @@ from typing import Any
 
 from compact._atomic import write_text
 from compact.errors import CompactError
+from compact.recipes.runner import effective_data
 from compact.report.collect import RunResults, collect
 from compact.report.plots import draw, pareto_data
 from compact.report.tables import comparison_table, exits_table
@@ -43,7 +44,8 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
     if recipe.description:
         lines += [recipe.description, ""]
     lines += [
-        f"Data: {json.dumps(recipe.data)}; seeds: {results.seeds}; training defaults: "
+        f"Data: {json.dumps(effective_data(recipe.data, results.settings))}; seeds: {results.seeds}; "
+        "training defaults: "
         f"{json.dumps(recipe.train_defaults)}.",
         "",
         "## Models compared (Tables 3-4 style)",
