@@ -259,10 +259,25 @@ CASES = [
     # inspection
     (["exits", "--model", "cifar_resnet20", "--input-size", "3,99999,32"], "H, W in 1..2048"),
     # networks that cannot take the input size: named before any training, with the smallest size that works
-    (["exits", "--model", "timm:convnext_atto", "--data", "fashion-mnist", "--exits", "3"],
-     "the smallest square input it takes is 1x32x32 (--image-size 32)"),  # fmt: skip
-    (["train-mwbp", *TINY, "--model", "timm:convnext_atto", "--image-size", "16", "--exits", "3", "--out",
-      "{ws}/new"], "the smallest square input it takes is 3x32x32"),  # fmt: skip
+    (
+        ["exits", "--model", "timm:convnext_atto", "--data", "fashion-mnist", "--exits", "3"],
+        "the smallest square input it takes is 1x32x32 (--image-size 32)",
+    ),  # fmt: skip
+    (
+        [
+            "train-mwbp",
+            *TINY,
+            "--model",
+            "timm:convnext_atto",
+            "--image-size",
+            "16",
+            "--exits",
+            "3",
+            "--out",
+            "{ws}/new",
+        ],
+        "the smallest square input it takes is 3x32x32",
+    ),  # fmt: skip
     (["train", *TINY, "--augment", "mixup", "--out", "{ws}/new"], "invalid choice: 'mixup'"),
     (["train", *TINY, "--in-chans", "2", "--out", "{ws}/new"], "invalid choice: 2"),
     (["train", *TINY, "--image-size", "4", "--out", "{ws}/new"], "image_size must be an integer in 8..2048"),

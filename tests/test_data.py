@@ -189,9 +189,9 @@ def test_bad_datasets_are_named(tmp_path):
 
 # -- input sizes, channels and augmentation ----------------------------------------------------------------
 def test_in_memory_datasets_take_image_size_and_channels(tmp_path):
-    from _helpers import fake_cifar10_py
-
     from compact.data import DataOptions, load_data
+
+    from _helpers import fake_cifar10_py
 
     fake_cifar10_py(tmp_path, n=8)
     native = load_data(DataOptions(name="cifar10", data_dir=str(tmp_path)))
@@ -221,11 +221,13 @@ def test_random_resized_crop_of_the_whole_image_is_the_image():
     assert crops.shape == x.shape and not torch.allclose(crops, x)
 
 
-@pytest.mark.parametrize("augment, flip, changes", [("none", True, False), ("cifar", False, True), ("imagenet", True, True)])
+@pytest.mark.parametrize(
+    "augment, flip, changes", [("none", True, False), ("cifar", False, True), ("imagenet", True, True)]
+)
 def test_augment_options_of_in_memory_data(tmp_path, augment, flip, changes):
-    from _helpers import fake_cifar10_py
-
     from compact.data import DataOptions, load_data
+
+    from _helpers import fake_cifar10_py
 
     fake_cifar10_py(tmp_path, n=8)
     data = load_data(DataOptions(name="cifar10", data_dir=str(tmp_path), subset=8, augment=augment, flip=flip))
