@@ -12,6 +12,7 @@ one iteration; on CPU, the peak resident set (VmHWM) of a fresh process during i
 its resident set before it (default malloc settings, so nothing is retained from other methods).
 
     python benchmarks/bp_cost.py [--rounds 7] [--warmup 2] [--batch 128] [--device cpu]
+    python benchmarks/bp_cost.py --quick     # seconds: cifar_resnet20, 3 losses, batch 8, one round (tests)
 
 The last line printed is one JSON object with the figures.
 """
@@ -28,10 +29,15 @@ import torch
 
 from compact._malloc import tune_cpu_allocator
 from compact.exits import attach_exits
-from compact.methods import create_method, list_methods
+from compact.methods import METHODS, create_method, list_methods
 from compact.models import create_model
 
-ORDER = ["standard", "joint", "relay", "mwbp", "reverse-mwbp", "naive-mwbp", "naive-reverse-mwbp"]
+#: every method that trains a network from scratch (probe needs a trained trunk), in the paper's order
+PAPER_ORDER = ["standard", "joint", "relay", "mwbp", "reverse-mwbp", "naive-mwbp", "naive-reverse-mwbp"]
+ORDER = [m for m in PAPER_ORDER if m in list_methods()] + sorted(
+    m for m in list_methods() if m not in PAPER_ORDER and not METHODS.get(m).needs_trained_trunk
+)
+MODEL = ["cifar_resnet56"]  # set by --model
 
 
 def sync(device: str) -> None:
@@ -41,7 +47,7 @@ def sync(device: str) -> None:
 
 def build(method: str, device: str, num_outputs: int):
     torch.manual_seed(0)
-    net = attach_exits(create_model("cifar_resnet56"), num_outputs).to(device).train()
+    net = attach_exits(create_model(MODEL[0]), num_outputs).to(device).train()
     return net, create_method(method, net)
 
 
@@ -115,9 +121,14 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default malloc thresholds")
+    ap.add_argument("--model", default="cifar_resnet56")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one round: checks that the benchmark runs")
     args = ap.parse_args()
+    if args.quick:
+        args.model, args.outputs, args.batch, args.rounds, args.warmup = "cifar_resnet20", 3, 8, 1, 0
+        args.no_memory = True
+    MODEL[0] = args.model
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
-    assert sorted(ORDER) == list_methods()
     dev = args.device
     x = torch.randn(args.batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
@@ -149,7 +160,7 @@ def main() -> None:
     mem = {} if args.no_memory else {n: peak_memory_mb(n, args.batch, dev, args.outputs) for n in ORDER}
 
     print(
-        f"\ncifar_resnet56, {args.outputs} losses, batch {args.batch}, device {dev}, "
+        f"\n{args.model}, {args.outputs} losses, batch {args.batch}, device {dev}, "
         f"threads {torch.get_num_threads()}, malloc tuning {'on' if tuned else 'off'}, "
         f"{args.rounds} timed rounds (median, min-max)"
     )

@@ -9,6 +9,7 @@ MW-BP all-reduces once per loss, each time the gradients of layers 0..L_i and he
 bytes than Joint BP, which all-reduces every parameter once.
 
     python benchmarks/ddp_scaling.py [--steps 10] [--warmup 2]
+    python benchmarks/ddp_scaling.py --quick     # one step per configuration (tests)
 
 The last line printed is one JSON object with the figures.
 """
@@ -98,7 +99,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--quick", action="store_true", help="one step per configuration: checks that it runs")
     args = ap.parse_args()
+    if args.quick:
+        args.steps, args.warmup = 1, 0
     figures = {}
     for method in METHODS:
         for world in (1, 2):

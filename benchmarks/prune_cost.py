@@ -9,6 +9,7 @@ p10-p90 over rounds. Weights are a fresh initialisation with BatchNorm statistic
 time, MACs, parameters and latency do not depend on training.
 
     python benchmarks/prune_cost.py [--rounds 15] [--repeats 5] [--threads 2]
+    python benchmarks/prune_cost.py --quick     # cifar_resnet20, l1 only, one round (tests)
 
 The last line printed is one JSON object with the figures.
 """
@@ -52,9 +53,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--model", default="cifar_resnet56")
+    ap.add_argument("--quick", action="store_true", help="cifar_resnet20, l1 only, one round: checks that it runs")
     args = ap.parse_args()
+    if args.quick:
+        args.model, args.rounds, args.repeats = "cifar_resnet20", 1, 1
     torch.manual_seed(0)
-    base = create_model("cifar_resnet56")
+    base = create_model(args.model)
     with torch.no_grad():  # BatchNorm statistics of real-looking activations (outputs of a sane magnitude)
         base.train()
         for _ in range(5):
@@ -63,8 +68,8 @@ def main() -> None:
     targets = [Target("unpruned", base, SIZE, None, {})]
     cost = {}
     variants = [(m, "uniform") for m in ("l1", "fpgm", "sfp")] + [("l1", "global")]
-    for method, allocation in variants:
-        for round_to in (8, None):
+    for method, allocation in variants[:1] if args.quick else variants:
+        for round_to in (8,) if args.quick else (8, None):
             name = f"{method}{' global' if allocation == 'global' else ''} round-to {round_to or 1}"
             model, t_search, t_prune = prune(base, method, round_to, allocation)
             cost[name] = {"search_s": round(t_search, 2), "prune_s": round(t_prune, 2)}
@@ -80,7 +85,7 @@ def main() -> None:
     )
     full = profiles[0]
     print(
-        f"cifar_resnet56, 3x32x32, target 50% of {full['macs_conv_linear']:,} conv+linear MACs; "
+        f"{args.model}, 3x32x32, target 50% of {full['macs_conv_linear']:,} conv+linear MACs; "
         f"ONNX Runtime CPU, {full['settings']['threads']} threads, median (p10-p90) ms of {args.rounds} rounds"
     )
     print(f"{'model':<24}{'search s':>9}{'prune s':>8}{'MACs':>13}{'params':>10}{'batch 1 ms':>22}{'batch 64 ms':>24}")

@@ -11,6 +11,7 @@ estimated time of one full epoch (60,000 training images plus the evaluation of 
 test images, scaled from the measured evaluation of ``--eval-images``).
 
     python benchmarks/train_throughput.py [--batches 20] [--rounds 5] [--batch 128] [--device cpu]
+    python benchmarks/train_throughput.py --quick     # batch 16, 2 batches, one round (tests)
 
 The last line printed is one JSON object with the figures.
 """
@@ -44,7 +45,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--eval-images", type=int, default=2000)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true", help="batch 16, 2 batches, one round: checks that it runs")
     args = ap.parse_args()
+    if args.quick:
+        args.batch, args.batches, args.rounds, args.eval_images = 16, 2, 1, 32
     device = resolve_device(args.device)
     if device.type == "cpu":
         from compact._malloc import tune_cpu_allocator

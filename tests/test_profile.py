@@ -186,3 +186,37 @@ def test_profile_refuses_non_models_and_missing_onnxruntime(tmp_path, capsys, mo
     path = export_onnx(model, (3, 32, 32), tmp_path / "m.onnx")
     with pytest.raises(CompactError, match="onnxruntime is not installed"):
         ort_session(path)
+
+
+def test_profile_takes_architecture_names(tmp_path, capsys):
+    """``compact profile NAME``: a freshly built architecture, counted like a model file; several are timed
+    interleaved; nothing is stored beside a file that does not exist."""
+    out = tmp_path / "p.json"
+    argv = ["profile", "cifar_resnet56", "cifar_resnet20", "--input-size", "3,32,32", "--no-latency"]
+    argv += ["--json", str(out)]
+    assert main(argv) == 0
+    profiles = json.loads(out.read_text())
+    assert [p["model"] for p in profiles] == ["cifar_resnet56", "cifar_resnet20"]
+    assert (profiles[0]["macs_conv_linear"], profiles[0]["params"]) == (125_485_696, 853_018)  # issue 5 figures
+    assert profiles[0]["source"] == "initialisation"
+    assert main(["profile", "cifar_resnet20", "--input-size", "1,28,28", "--model-arg", "shortcut=B", "--no-latency",
+                 "--num-classes", "7"]) == 0  # fmt: skip
+    assert "cifar_resnet20" in capsys.readouterr().out
+    assert main(["profile", "cifar_resnet20", "--model-arg", "pretrained=1", "--no-latency"]) == 2
+
+
+def test_trivial_onnx_parity_is_flagged():
+    from compact.profile.profiler import Target, profile_models
+
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)[:, :4] * 0)
+
+    prof = profile_models([Target("const", Constant().eval(), [1, 2, 2], None, {})], onnx=True, latency=False)[0]
+    assert prof["onnx"]["parity_max_abs"] == 0 and "does not depend on its input" in prof["warnings"][0]
+    net = create_model("cifar_resnet20").eval()
+    assert "warnings" not in profile_models([Target("r20", net, [3, 32, 32], None, {})], onnx=True, latency=False)[0]

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import json
+import sys
 
-from compact.cli._common import _int_list, check_output_file
+from compact.cli._common import _int_list, _key_value, _size, check_output_file
 from compact.errors import CompactError
 
 
 def _add_profile(sub) -> None:
     text = "profile models: parameters, MACs (fvcore), ONNX export + parity, latency (ONNX Runtime, PyTorch)"
     p = sub.add_parser("profile", help=text, description=text + ". Several models are timed interleaved.")
-    p.add_argument("targets", nargs="+", metavar="MODEL_OR_RUN", help="model files (.safetensors) or run folders")
+    p.add_argument(
+        "targets",
+        nargs="+",
+        metavar="MODEL_OR_RUN",
+        help="model files (.safetensors), run folders, or architecture names (cifar_resnet56, timm:resnet18: "
+        "freshly initialised, built with --input-size, --num-classes, --model-arg)",
+    )
+    g = p.add_argument_group("architectures given by name")
+    g.add_argument("--input-size", type=_size, default=(3, 32, 32), metavar="C,H,W", help="default 3,32,32")
+    g.add_argument("--num-classes", type=int, default=10, help="default 10")
+    g.add_argument("--model-arg", dest="model_kwargs", type=_key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="extra model constructor argument, e.g. shortcut=B")  # fmt: skip
     p.add_argument("--exit", default=None, metavar="K", help="for runs / multi-exit files: output index or 'final'")
     p.add_argument("--onnx", action="store_true", help="export to ONNX, check, compare, and time ONNX Runtime")
     p.add_argument("--batch", type=_int_list, default=[1], metavar="B1,B2", help="batch sizes to time (default 1)")
@@ -24,7 +36,7 @@ def _add_profile(sub) -> None:
 
 
 def _cmd_profile(args) -> int:
-    from compact.profile.profiler import load_target, profile_models, write_profile
+    from compact.profile.profiler import profile_models, write_profile
 
     if args.rounds < 1 or args.repeats < 1:
         raise CompactError("--rounds and --repeats must be >= 1")
@@ -34,7 +46,7 @@ def _cmd_profile(args) -> int:
         raise CompactError(f"--threads must be >= 1, got {args.threads}")
     if args.json:
         check_output_file(args.json, "--json")
-    targets = [load_target(t, args.exit) for t in args.targets]
+    targets = [_target(t, args) for t in args.targets]
     profiles = profile_models(
         targets,
         onnx=args.onnx,
@@ -45,7 +57,7 @@ def _cmd_profile(args) -> int:
         latency=not args.no_latency,
     )
     for t, prof in zip(targets, profiles, strict=True):
-        if not args.no_store:
+        if not args.no_store and t.profile_path is not None:
             write_profile(prof, t.profile_path)
     if args.json:
         from compact._atomic import write_text
@@ -55,6 +67,20 @@ def _cmd_profile(args) -> int:
     return 0
 
 
+def _target(text: str, args):
+    """A model file or run folder when ``text`` exists, else a registered architecture name."""
+    from pathlib import Path
+
+    from compact.profile.profiler import architecture_target, load_target
+
+    path = Path(text)
+    if path.exists() or path.suffix == ".safetensors" or "/" in text.replace("timm:", "", 1):
+        return load_target(path, args.exit)
+    if args.exit is not None:
+        raise CompactError(f"--exit applies to runs and multi-exit files, not to the architecture {text!r}")
+    return architecture_target(text, args.input_size, args.num_classes, dict(args.model_kwargs))
+
+
 def _print(profiles: list[dict], batches: list[int]) -> None:
     cols = [
         (rt, b)
@@ -62,11 +88,12 @@ def _print(profiles: list[dict], batches: list[int]) -> None:
         for b in batches
         if any(rt in p.get("latency_ms", {}) for p in profiles)
     ]
-    head = f"{'model':<34}{'params':>11}{'MACs':>14}{'conv+lin MACs':>15}"
+    width = max([34, *(len(p["model"]) + 2 for p in profiles)])
+    head = f"{'model':<{width}}{'params':>11}{'MACs':>14}{'conv+lin MACs':>15}"
     head += "".join(f"{('ort' if rt == 'onnxruntime' else 'torch') + f' b{b} ms':>22}" for rt, b in cols)
     print(head)
     for p in profiles:
-        line = f"{p['model'][:33]:<34}{p['params']:>11,}{p['macs']:>14,}{p['macs_conv_linear']:>15,}"
+        line = f"{p['model']:<{width}}{p['params']:>11,}{p['macs']:>14,}{p['macs_conv_linear']:>15,}"
         for rt, b in cols:
             t = p.get("latency_ms", {}).get(rt, {}).get(str(b))
             cell = "-" if t is None else "{median:.2f} ({p10:.2f}-{p90:.2f})".format(**t)
@@ -76,6 +103,8 @@ def _print(profiles: list[dict], batches: list[int]) -> None:
         if p["skipped_ops"]:
             skipped = ", ".join(f"{k} x{v}" for k, v in sorted(p["skipped_ops"].items()))
             print(f"{p['model']}: fvcore skipped (not in MACs): {skipped}")
+        for warning in p.get("warnings", []):
+            print(f"warning: {p['model']}: {warning}", file=sys.stderr)
         if "onnx" in p:
             print(f"{p['model']}: ONNX opset {p['onnx']['opset']}, parity max |diff| {p['onnx']['parity_max_abs']:.1e}")
     if profiles and "latency_ms" in profiles[0]:

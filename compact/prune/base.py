@@ -227,6 +227,11 @@ class SearchResult:
     macs: int
     target: int
     full_macs: int
+    probes: int = 0  # prune-and-measure probes the search ran
+
+
+class _CloseEnough(Exception):
+    pass
 
 
 def search_ratios(
@@ -238,13 +243,16 @@ def search_ratios(
     tolerance: float = 0.03,
     steps: int = 12,
     refine: bool = True,
+    close_enough: float = 0.005,
 ) -> SearchResult:
     """Per-layer pruning ratios whose pruned copy of ``model`` has conv+linear MACs closest to ``target_macs``.
 
     First a bisection on the overall ratio (MACs fall as it grows; every probe prunes a copy and measures
     it). Channel rounding makes MACs a staircase, so the two ratios around the target are then mixed: the
     first ``j`` layers take the higher one, the rest the lower one, ``j`` found by bisection too.
-    Raises when the target is above the model's MACs, or not reachable within ``tolerance``.
+    The search stops at the first probe within ``close_enough`` of the target (each probe prunes and
+    measures a copy, which takes seconds on large networks). Raises when the target is above the model's
+    MACs, or not reachable within ``tolerance``.
     """
     full = conv_linear_macs(model, input_size)
     if target_macs >= full:
@@ -256,7 +264,25 @@ def search_ratios(
         pruned = prune_layers(copy.deepcopy(model), input_size, method, ratios, settings)
         macs = conv_linear_macs(pruned, input_size)
         tried.append((macs, ratios))
+        if abs(macs - target_macs) <= close_enough * target_macs:
+            raise _CloseEnough
         return macs
+
+    try:
+        _bisect(model, layers, target_macs, settings, tolerance, steps, refine, measure)
+    except _CloseEnough:
+        pass
+    macs, ratios = min(tried, key=lambda t: abs(t[0] - target_macs))
+    if abs(macs - target_macs) > tolerance * target_macs:
+        raise CompactError(
+            f"no pruning gives {target_macs:,} MACs within {tolerance:.0%}: the closest is {macs:,}; with "
+            f"--round-to {settings.round_to} channel counts move in coarse steps, try a smaller --round-to"
+        )
+    return SearchResult(ratios, macs, target_macs, full, probes=len(tried))
+
+
+def _bisect(model, layers, target_macs, settings, tolerance, steps, refine, measure) -> None:
+    """The probes of :func:`search_ratios`: bisection on the overall ratio, then mixing."""
 
     lo, hi = 0.0, settings.max_layer_ratio if settings.allocation == "uniform" else 1.0
     hi_macs = measure(allocate(layers, hi, settings))
@@ -285,10 +311,3 @@ def search_ratios(
             a = j
         else:
             b = j
-    macs, ratios = min(tried, key=lambda t: abs(t[0] - target_macs))
-    if abs(macs - target_macs) > tolerance * target_macs:
-        raise CompactError(
-            f"no pruning gives {target_macs:,} MACs within {tolerance:.0%}: the closest is {macs:,}; with "
-            f"--round-to {settings.round_to} channel counts move in coarse steps, try a smaller --round-to"
-        )
-    return SearchResult(ratios, macs, target_macs, full)

@@ -183,14 +183,16 @@ def prune_job(
 
     t0 = time.perf_counter()
     if target.recipe:
-        ratios = pfec_ratios(source, cfg.model, target.recipe)
+        ratios, probes = pfec_ratios(source, cfg.model, target.recipe), None
         settings = replace(settings, round_to=None)  # the recipe's channel counts are int(n * (1 - ratio))
     else:
-        ratios = search_ratios(source, size, spec, goal, settings, **(search or {})).ratios
+        found = search_ratios(source, size, spec, goal, settings, **(search or {}))
+        ratios, probes = found.ratios, found.probes
     search_s = time.perf_counter() - t0
+    how = "the published recipe" if target.recipe else f"{probes} prune-and-measure probes"
     log(
         f"{method}: pruning {len(ratios)} layers of {cfg.model} towards {goal or before.macs_conv_linear:,} MACs "
-        f"({search_s:.1f} s to find the ratios)"
+        f"({search_s:.1f} s, {how}, to find the ratios)"
     )
 
     report: dict[str, Any] = {
@@ -201,6 +203,7 @@ def prune_job(
         "target_macs": goal,
         "ratios": ratios,
         "search_s": round(search_s, 2),
+        "search_probes": None if target.recipe else probes,
         "before": {"params": before.params, "macs": before.macs, "macs_conv_linear": before.macs_conv_linear},
         "test_error_pct": {"source": _error(source, test_loader, device) if cfg.init_from else None},
         "finetune": finetune,

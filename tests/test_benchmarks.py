@@ -1,0 +1,53 @@
+"""Every benchmark runs in its --quick mode and prints its figures (a JSON object on its last line), so
+that none can rot unnoticed (issue: bp_cost.py crashed once a new method was registered)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _helpers import needs_fmnist
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+NEEDS_DATA = {"train_throughput.py", "ddp_scaling.py"}  # they read Fashion-MNIST
+
+
+def _run(name: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), "--quick"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_every_benchmark_has_a_quick_mode():
+    scripts = sorted(p.name for p in BENCHMARKS.glob("*.py"))
+    assert scripts == ["bp_cost.py", "ddp_scaling.py", "prune_cost.py", "train_throughput.py"]
+    for name in scripts:
+        assert "--quick" in (BENCHMARKS / name).read_text(), name
+
+
+def test_bp_cost_quick_times_every_method_and_the_mwbp_floor():
+    from compact.methods import METHODS, list_methods
+
+    figures = _run("bp_cost.py")
+    trainable = {m for m in list_methods() if not METHODS.get(m).needs_trained_trunk}
+    assert set(figures["ms_per_iter"]) == trainable
+    assert figures["ratio_to_standard"]["standard"] == 1.0 and figures["mwbp_floor_ratio"] > 0
+
+
+def test_prune_cost_quick_prunes_and_profiles():
+    rows = _run("prune_cost.py")
+    assert set(rows) == {"unpruned", "l1 round-to 8"}
+    assert rows["l1 round-to 8"]["macs_conv_linear"] < rows["unpruned"]["macs_conv_linear"]
+
+
+@needs_fmnist
+@pytest.mark.parametrize("name", sorted(NEEDS_DATA))
+def test_data_benchmarks_quick(name):
+    figures = _run(name)
+    assert figures  # the figures of every method
