@@ -9,11 +9,34 @@ The notebook entry points::
     out = method.step(images, labels)                            # one iteration; out.losses per output
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from compact._version import __version__
 from compact.errors import CompactError
-from compact.exits import LossWeighting, MultiExitNet, attach_exits
-from compact.methods import SGDConfig, create_method, list_methods
-from compact.models import create_model, list_models
+
+#: name -> module, imported on first use (``compact --help`` and ``--version`` do not load torch)
+_LAZY = {
+    "LossWeighting": "compact.exits",
+    "MultiExitNet": "compact.exits",
+    "attach_exits": "compact.exits",
+    "SGDConfig": "compact.methods",
+    "create_method": "compact.methods",
+    "list_methods": "compact.methods",
+    "create_model": "compact.models",
+    "list_models": "compact.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'compact' has no attribute {name!r}")
+
 
 __all__ = [
     "CompactError",

@@ -163,3 +163,19 @@ def test_train_needs_out_or_resume_and_mwbp_needs_exits(tmp_path, capsys):
     (tmp_path / "cfg.yaml").write_text("model: cifar_resnet20\nlearning_rate: 0.1\n")
     assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "r")]) == 2
     assert "unknown option(s) learning_rate" in capsys.readouterr().err
+
+
+def test_help_and_version_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from compact.cli import main\n"
+        "for argv in (['--version'], ['--help'], ['train', '--help'], ['prune', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'fvcore', 'onnx') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "lr 0.001 for l1/fpgm" in out.stdout or "0.001 for l1/fpgm" in out.stdout  # prune --help: real defaults

@@ -126,6 +126,10 @@ def test_learning_rate_schedule_is_the_papers():
     assert cfg.milestone_epochs() == [160, 240]
     assert [cfg.lr_at(e) for e in (0, 159, 160, 239, 240, 399)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     assert (cfg.batch_size, cfg.momentum, cfg.nesterov, cfg.weight_decay) == (128, 0.9, True, 5e-4)
+    # a milestone never falls on epoch 0: a 1-epoch run trains at the initial rate (0.4 x 1 rounds to 0)
+    short = TrainConfig(model="cifar_resnet20", epochs=1)
+    assert short.milestone_epochs() == [1, 1] and short.lr_at(0) == 0.1
+    assert TrainConfig(model="cifar_resnet20", epochs=2).lr_at(0) == 0.1
 
 
 @pytest.mark.parametrize(

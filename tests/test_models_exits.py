@@ -243,3 +243,27 @@ def test_compiled_models_are_refused_with_compacts_message():
     model = torch.compile(create_model("cifar_resnet20"))
     with pytest.raises(CompactError, match="not to the result of torch.compile"):
         attach_exits(model, num_outputs=3)
+
+
+def test_depth_counts_layers_written_as_matrix_products():
+    """``torch.addmm(b, x, self.w)`` and ``x @ self.w`` with a parameter operand are weighted layers."""
+
+    class MM(nn.Module):
+        def __init__(self, a: int, b: int) -> None:
+            super().__init__()
+            self.w, self.b = nn.Parameter(torch.randn(a, b)), nn.Parameter(torch.zeros(b))
+
+        def forward(self, x):
+            return torch.relu(torch.addmm(self.b, x, self.w))
+
+    class MatNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.b1, self.b2, self.w = MM(4, 6), MM(6, 6), nn.Parameter(torch.randn(6, 3))
+
+        def forward(self, x):
+            return self.b2(self.b1(x)) @ self.w
+
+    net = attach_exits(MatNet(), nodes=["b1", "b2"], head="gap-fc", input_size=(4,))
+    assert net.depths == [1, 2, 3]
+    assert LossWeighting(net.depths).gammas() == pytest.approx(LossWeighting([1, 2, 3]).gammas())

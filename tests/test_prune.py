@@ -294,3 +294,18 @@ def test_sfp_command_trains_from_scratch_and_ends_physically_pruned(tmp_path):
     assert abs(report["target_deviation"]) <= 0.03
     model, _ = load_model(out / "pruned.safetensors")
     assert param_count(model) == report["after"]["params"] < report["before"]["params"]
+
+
+def test_no_finetune_writes_the_one_model_name(tmp_path, capsys):
+    from compact.cli import main
+
+    from _helpers import fake_cifar10_py
+
+    fake_cifar10_py(tmp_path / "cifar", n=8)
+    out = tmp_path / "job"
+    argv = ["prune", "--method", "l1", "--model", "cifar_resnet20", "--macs-ratio", "0.5", "--no-finetune"]
+    argv += ["--data", "cifar10", "--data-dir", str(tmp_path / "cifar"), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((out / "prune.json").read_text())
+    assert (out / "pruned.safetensors").is_file() and report["model"] == str(out / "pruned.safetensors")
+    assert report["search_probes"] >= 1 and "prune-and-measure probes" in capsys.readouterr().out

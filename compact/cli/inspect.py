@@ -41,13 +41,21 @@ def _cmd_methods(args) -> int:
 
 # -- compact recipes, compact configs ---------------------------------------------------------------
 def _add_recipes(sub) -> None:
-    sub.add_parser("recipes", help="list the comparison recipes that ship with compact (compact run NAME)")
+    p = sub.add_parser(
+        "recipes", help="list (and validate) the comparison recipes that ship with compact, or validate your own"
+    )
+    p.add_argument("files", nargs="*", metavar="RECIPE", help="recipe files to validate (default: the shipped ones)")
 
 
 def _cmd_recipes(args) -> int:
     from compact._resources import shipped
     from compact.recipes import load_recipe
 
+    if args.files:
+        for file in args.files:
+            recipe = load_recipe(file)  # everything checked that compact run checks before its first entry
+            print(f"{file}: valid; recipe {recipe.name}, {len(recipe.entries)} entries, {len(recipe.seeds)} seed(s)")
+        return 0
     for name, path in shipped("recipe").items():
         recipe = load_recipe(path)  # validated: a broken shipped recipe fails here, not hours into a run
         print(f"{name:<18} {len(recipe.entries):>2} entries, {len(recipe.seeds)} seed(s)  {recipe.description}")

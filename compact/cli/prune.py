@@ -36,7 +36,13 @@ def _add_prune(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a job found in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     add_data_args(p)
-    add_schedule_args(p, epochs_default=40)
+    add_schedule_args(
+        p,
+        epochs_default="40 for l1/fpgm (PFEC's fine-tuning), 400 for sfp (the paper's training)",
+        lr_default="0.001 for l1/fpgm, 0.1 for sfp",
+        milestones_default="none for l1/fpgm, 0.4,0.6 for sfp",
+        title="fine-tuning (l1, fpgm) or training (sfp) schedule",
+    )
     p.set_defaults(fixed_method=None)
 
 

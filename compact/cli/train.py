@@ -45,9 +45,16 @@ def add_model_kwargs_arg(p: argparse.ArgumentParser, note: str = "") -> None:
                    metavar="KEY=VALUE", help=f"extra model constructor argument{note}, e.g. shortcut=B")  # fmt: skip
 
 
-def add_schedule_args(p: argparse.ArgumentParser, epochs_default: int = 400) -> None:
-    """Training-set size and the SGD schedule (left-out options come from the config or the defaults)."""
-    g = p.add_argument_group("schedule (defaults: the paper's)")
+def add_schedule_args(
+    p: argparse.ArgumentParser,
+    epochs_default: int | str = 400,
+    lr_default: str = "0.1",
+    milestones_default: str = "0.4,0.6",
+    title: str = "schedule (defaults: the paper's)",
+) -> None:
+    """Training-set size and the SGD schedule (left-out options come from the config or the defaults, which
+    the help texts show as the command really applies them)."""
+    g = p.add_argument_group(title)
     g.add_argument("--subset", type=int, default=S, metavar="N", help="train on N images (seeded choice)")
     g.add_argument("--image-size", type=int, default=S, metavar="PX",
                    help="input side: in-memory datasets are resized to it (default: their own, 28 or 32), image "
@@ -55,13 +62,13 @@ def add_schedule_args(p: argparse.ArgumentParser, epochs_default: int = 400) -> 
     g.add_argument("--epochs", type=int, default=S, help=f"default {epochs_default}")
     g.add_argument("--batch-size", type=int, default=S, help="default 128")
     g.add_argument("--eval-batch-size", type=int, default=S, help="default 512")
-    g.add_argument("--lr", type=float, default=S, help="initial learning rate (default 0.1)")
+    g.add_argument("--lr", type=float, default=S, help=f"initial learning rate (default {lr_default})")
     g.add_argument(
         "--lr-milestones",
         type=_float_list,
         default=S,
         metavar="F1,F2",
-        help="fractions of the epochs at which lr is multiplied by --lr-decay (default 0.4,0.6)",
+        help=f"fractions of the epochs at which lr is multiplied by --lr-decay (default {milestones_default})",
     )
     g.add_argument("--lr-decay", type=float, default=S, help="default 0.1")
     g.add_argument("--momentum", type=float, default=S, help="default 0.9")

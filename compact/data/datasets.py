@@ -7,6 +7,8 @@ folders are read by a DataLoader with workers (:class:`~compact.data.folder.Fold
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,8 +193,15 @@ def _image_folder(root: str, opts: DataOptions, in_chans: int) -> Data:
 
     train_ds, test_ds = subset(train, opts.subset), subset(test, opts.test_subset)
 
+    workers = opts.workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > cpus:
+        print(f"note: {workers} DataLoader workers asked for, this machine has {cpus} CPU(s): using {cpus}",
+              file=sys.stderr)  # fmt: skip
+        workers = cpus
+
     def make(batch_size: int, eval_batch_size: int, seed: int, shard: tuple[int, int]):
-        common = {"workers": opts.workers, "seed": seed, "shard": shard}
+        common = {"workers": workers, "seed": seed, "shard": shard}
         return (
             FolderLoader(train_ds, batch_size, train=True, **common),
             FolderLoader(test_ds, eval_batch_size, train=False, **common),

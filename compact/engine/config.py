@@ -127,8 +127,9 @@ class TrainConfig:
         return {name: getattr(self, key)}
 
     def milestone_epochs(self) -> list[int]:
-        """0-based epochs at whose start the learning rate is decayed."""
-        return [round(m * self.epochs) for m in self.lr_milestones]
+        """0-based epochs at whose start the learning rate is decayed; never epoch 0 (a short run would
+        otherwise train at the decayed rate from its start: 0.4 of one epoch rounds to 0)."""
+        return [max(1, round(m * self.epochs)) for m in self.lr_milestones]
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 0-based ``epoch``."""

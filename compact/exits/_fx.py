@@ -76,6 +76,16 @@ _VIEW_FUNCTIONS = {
 }  # fmt: skip
 
 
+_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.einsum}
+_MATMUL_METHODS = {"matmul", "mm", "bmm", "addmm", "__matmul__", "__rmatmul__"}
+
+
+def _is_matmul(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _MATMUL_FUNCTIONS
+    return node.op == "call_method" and node.target in _MATMUL_METHODS
+
+
 def _is_inplace_name(name: str) -> bool:
     return name.endswith("_") and not name.endswith("__")
 
@@ -179,6 +189,8 @@ def weighted_depths(extractor: fx.GraphModule) -> dict[str, int]:
             weighted = sum(isinstance(m, _WEIGHTED_MODULES) for m in leaf.modules())
         elif node.op == "call_function" and node.target in _WEIGHTED_FUNCTIONS:
             weighted = 1
+        elif _is_matmul(node) and any(a.op == "get_attr" for a in node.all_input_nodes):
+            weighted = 1  # ``x @ self.weight``, ``torch.addmm(b, x, self.w)``: a linear layer written out
         depth[node] = weighted + max((depth[a] for a in node.all_input_nodes), default=0)
         if node.op == "output":
             for name, value in node.args[0].items():

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -236,7 +238,12 @@ def prune_job(
     if d.is_main:
         write_text(out / PLAN, json.dumps({"report": report, "config": run_cfg.to_dict()}, indent=2) + "\n")
     if not finetune and not spec.soft:
-        return _write_report(out, report, out / PRUNED_INIT, test_loader, device, log) if d.is_main else {}
+        if not d.is_main:
+            return {}
+        # the job's model is always pruned.safetensors (here: the pruned model, not fine-tuned)
+        shutil.copyfile(out / PRUNED_INIT, out / f".{PRUNED}.tmp")
+        os.replace(out / f".{PRUNED}.tmp", out / PRUNED)
+        return _write_report(out, report, out / PRUNED, test_loader, device, log)
     train(run_cfg, out, overwrite=True, progress=progress, log=log, callbacks=_callbacks(run_cfg))
     return _finish_run(out, report, log) if d.is_main else {}
 
