@@ -251,3 +251,28 @@ def test_image_folders_say_the_size_used_and_warn_when_upsampling(tmp_path, caps
     assert "warning" in err and "upsamples images of about 12 px" in err and "--image-size 12" in err
     load_data(DataOptions(name=f"imagefolder:{tmp_path}", workers=0, image_size=12))
     assert "warning" not in capsys.readouterr().err
+
+
+def test_workers_are_capped_at_the_cpus(tmp_path, capsys):
+    import os
+
+    from compact.data import DataOptions, load_data
+
+    _image_tree(tmp_path)
+    data = load_data(DataOptions(name=f"imagefolder:{tmp_path}", image_size=12, workers=200))
+    cpus = len(os.sched_getaffinity(0))
+    assert f"200 DataLoader workers asked for, this machine has {cpus} CPU(s): using {cpus}" in capsys.readouterr().err
+    train, _ = data.loaders(4, seed=0)
+    assert train.workers == cpus
+
+
+@pytest.mark.parametrize("given, used", [([], 32), (["--image-size", "16"], 16)])
+def test_smoke_keeps_an_explicit_image_size(tmp_path, given, used):
+    import yaml
+
+    from compact.cli import main
+
+    _image_tree(tmp_path / "img")
+    argv = ["train", "--model", "cifar_resnet20", "--data", f"imagefolder:{tmp_path / 'img'}", "--workers", "0"]
+    assert main([*argv, *given, "--smoke", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["image_size"] == used

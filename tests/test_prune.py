@@ -309,3 +309,13 @@ def test_no_finetune_writes_the_one_model_name(tmp_path, capsys):
     report = json.loads((out / "prune.json").read_text())
     assert (out / "pruned.safetensors").is_file() and report["model"] == str(out / "pruned.safetensors")
     assert report["search_probes"] >= 1 and "prune-and-measure probes" in capsys.readouterr().out
+
+
+def test_search_stops_at_the_first_probe_close_enough():
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", in_chans=1, shortcut="B")
+    full = conv_linear_macs(model, SIZE)
+    exact = search_ratios(model, SIZE, PRUNERS.get("l1"), full // 2, PruneSettings(), close_enough=0.0)
+    loose = search_ratios(model, SIZE, PRUNERS.get("l1"), full // 2, PruneSettings(), close_enough=0.03)
+    assert loose.probes < exact.probes  # every bisection step and mixing probe vs. a few
+    assert abs(loose.macs / (full // 2) - 1) <= 0.03 and abs(exact.macs - full // 2) <= abs(loose.macs - full // 2)

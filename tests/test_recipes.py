@@ -228,3 +228,29 @@ def test_imagenet_recipe_runs_with_smoke_on_a_stand_in_image_folder(tmp_path):
     assert main(argv) == 0
     assert main(["report", str(out)]) == 0
     assert (out / "report" / "pareto_latency.svg").is_file()
+
+
+def test_the_report_names_the_data_a_run_used():
+    """Overrides given to compact run (--data, --data-dir, --image-size) and the smoke subset are what the
+    report states, not the recipe's own data."""
+    from compact.recipes.runner import effective_data
+
+    recipe_data = {"name": "fashion-mnist", "subset": 5000, "test_subset": 2000}
+    used = effective_data(recipe_data, {"data": "imagefolder:/digits", "data_dir": None, "smoke": False})
+    assert used == {"name": "imagefolder:/digits", "subset": 5000, "test_subset": 2000}
+    smoke = effective_data(recipe_data, {"data": "imagefolder:/digits", "smoke": True})
+    assert (smoke["subset"], smoke["test_subset"], smoke["image_size"]) == (16, 16, 32)
+    sized = effective_data(recipe_data, {"data": "imagefolder:/digits", "smoke": True, "image_size": 28})
+    assert sized["image_size"] == 28  # an explicit size survives --smoke
+    assert effective_data(recipe_data, {"smoke": True}).get("image_size") is None  # in-memory data keeps its own
+
+
+def test_compact_recipes_validates_a_users_file(tmp_path, capsys):
+    good = tmp_path / "mine.yaml"
+    good.write_text((BASELINES / "demo.yaml").read_text().replace("name: demo", "name: mine"))
+    assert main(["recipes", str(good)]) == 0
+    assert f"{good}: valid; recipe mine, 7 entries" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((BASELINES / "demo.yaml").read_text().replace('match: "mwbp:final"', 'match: "mwbp:zz"', 1))
+    assert main(["recipes", str(bad)]) == 2
+    assert "match 'mwbp:zz': mwbp has outputs 0..2" in capsys.readouterr().err
