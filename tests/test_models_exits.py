@@ -177,7 +177,9 @@ def test_model_without_known_blocks_names_candidates():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     model(torch.zeros(1, 3, 8, 8))
     with pytest.raises(CompactError, match=r"found no known blocks .* from: 0, 1, 2, 3, 4"):
-        attach_exits(model, 2)
+        attach_exits(model, 2, input_size=(3, 8, 8))
+    with pytest.raises(CompactError, match=r"Sequential cannot take inputs of size \(3, 32, 32\)"):
+        attach_exits(model, 2)  # its flattened features fix the input size: 32 px is refused first
     net = attach_exits(model, nodes=["1"], head="gap-fc", input_size=(3, 8, 8))
     assert net.depths == [1, 3]
 
