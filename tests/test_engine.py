@@ -324,3 +324,13 @@ def test_saving_non_finite_weights_says_so(tmp_path):
     with pytest.raises(CompactError, match="non-finite weights .* e.g. fc.weight; the training diverged"):
         save_model(model, tmp_path / "m.safetensors", ModelInfo("cifar_resnet20", 10, 1, [1, 28, 28]))
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@needs_fmnist
+def test_eval_every_n_epochs_skips_evaluation_between(tmp_path):
+    cfg = TrainConfig(**TINY, method="mwbp", epochs=3, eval_every=2)
+    summary = train(cfg, tmp_path / "run", progress=False, log=None)
+    history = open_run(tmp_path / "run").history()
+    evaluated = [all(e is not None for e in r["test_error_pct"]) for r in history]
+    assert evaluated == [False, True, True]  # epoch 2, and the last epoch always
+    assert [o["test_error_pct"] for o in summary["outputs"]] == history[-1]["test_error_pct"]

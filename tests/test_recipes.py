@@ -157,12 +157,32 @@ def test_demo_smoke_report_and_plots_show_the_runs_data(demo_run, tmp_path):
     for axis in ("macs", "latency"):
         rows = summary.split(f"Pareto front by {axis}")[1].split("\n\n")[1].splitlines()[2:]
         assert [r.split(" | ")[0].lstrip("| ") for r in rows] == [p["model"] for p in plots[axis]["front"]]
+    # claims: declared by the recipe, computed from the run, marked as smoke; one seed cannot decide
+    claims = json.loads((report / "claims.json").read_text())
+    assert claims["smoke"] is True and {c["kind"] for c in claims["claims"]} == {"exits", "final", "pruned"}
+    assert claims["comparisons"] and all(r["verdict"] == "inconclusive" for r in claims["comparisons"])
+    assert "## Paper's claims" in md and "SMOKE RUN: verdicts computed from one batch" in md
+    assert "*Budget: 16 training images of fashion-mnist" in md
+    # learning curves: the data behind curves.png is the runs' metrics
+    curves = json.loads((report / "curves.json").read_text())
+    final = next(p for p in curves["panels"] if p["title"] == "final outputs")
+    mw = next(s for s in final["series"] if s["entry"] == "mwbp")
+    history = [json.loads(line) for line in (demo_run / "mwbp" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert mw["epochs"] == [r["epoch"] for r in history] and mw["mean"] == [r["test_error_pct"][-1] for r in history]
+    assert {p["title"] for p in curves["panels"]} >= {"final outputs", f"exits at layer {summary_depth(demo_run)}"}
+    with Image.open(report / "curves.png") as im:
+        im.verify()
     table = json.loads((report / "table.json").read_text())
     assert {row["model"] for row in table} >= {
         "MW-BP ResNet-20, exit 0",
         "ResNet-32 pruned, FPGM",
         "standard ResNet-32",
     }
+
+
+def summary_depth(run) -> int:
+    """The depth of the MW-BP network's first exit, from its summary."""
+    return json.loads((run / "mwbp" / "seed0" / "summary.json").read_text())["outputs"][0]["depth"]
 
 
 @needs_fmnist

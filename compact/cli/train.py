@@ -62,6 +62,8 @@ def add_schedule_args(
     g.add_argument("--epochs", type=int, default=S, help=f"default {epochs_default}")
     g.add_argument("--batch-size", type=int, default=S, help="default 128")
     g.add_argument("--eval-batch-size", type=int, default=S, help="default 512")
+    g.add_argument("--eval-every", type=int, default=S, metavar="N",
+                   help="evaluate every N epochs and after the last (default 1; curves get N-epoch steps)")  # fmt: skip
     g.add_argument("--lr", type=float, default=S, help=f"initial learning rate (default {lr_default})")
     g.add_argument(
         "--lr-milestones",

@@ -29,7 +29,8 @@ class TrainConfig:
     ``exit_layers`` or ``exit_nodes``; with none, the network has only its final output.
     ``num_classes`` defaults to the dataset's. ``image_size``, ``augment``, ``flip``, ``in_chans``: how
     images are fed (see :class:`compact.data.DataOptions`; defaults: the dataset's own).
-    ``device``: ``auto`` takes CUDA when available.
+    ``device``: ``auto`` takes CUDA when available. ``eval_every``: evaluate every N epochs (and always after
+    the last one); the other epochs' records have no test error.
     ``init_from``: a run folder or model file whose backbone weights start the run (fine-tuning, or the
     frozen trunk of the ``probe`` method); the heads start fresh.
     ``soft_prune``: ``{"ratios": {layer: fraction}, "round_to": n}`` for soft filter pruning (set by
@@ -62,6 +63,7 @@ class TrainConfig:
     epochs: int = 400
     batch_size: int = 128
     eval_batch_size: int = 512
+    eval_every: int = 1
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
@@ -79,6 +81,7 @@ class TrainConfig:
         _check_int(self, "epochs", 1)
         _check_int(self, "batch_size", 1)
         _check_int(self, "eval_batch_size", 1)
+        _check_int(self, "eval_every", 1)
         _check_int(self, "seed", 0)
         _check_int(self, "workers", 0)
         for key in ("num_classes", "exits", "subset", "test_subset", "image_size", "in_chans"):

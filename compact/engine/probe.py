@@ -27,6 +27,7 @@ INHERITED = (
     "seed",
     "batch_size",
     "eval_batch_size",
+    "eval_every",
     "device",
 )
 

@@ -63,7 +63,7 @@ from compact.methods import BPMethod, SGDConfig, create_method
 from compact.modelfile import ModelInfo, save_model, structure_attrs
 
 # options that may differ when a run is resumed (where the data lives, how fast it is read)
-RESUMABLE_CHANGES = ("data_dir", "download", "workers", "device", "eval_batch_size")
+RESUMABLE_CHANGES = ("data_dir", "download", "workers", "device", "eval_batch_size", "eval_every")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -495,7 +495,10 @@ def train(
             except TrainingDiverged as exc:
                 kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
                 raise TrainingDiverged(f"{exc}; training stopped, {kept} in {out}; try a lower --lr") from None
-            test_loss, test_err = evaluate(net, test_loader, device, trained, d)
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                test_loss, test_err = evaluate(net, test_loader, device, trained, d)
+            else:  # --eval-every N: no evaluation this epoch
+                test_loss = test_err = [None] * net.num_outputs
             record = {
                 "epoch": epoch + 1,
                 "lr": method.lr,

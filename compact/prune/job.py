@@ -48,6 +48,7 @@ INHERITED = (
     "seed",
     "batch_size",
     "eval_batch_size",
+    "eval_every",
 )
 
 

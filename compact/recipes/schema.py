@@ -15,6 +15,9 @@
       - name: deep-l1                   # a deeper network pruned to the MACs of another entry's output
         prune: {from: deep, method: l1, match: "mwbp:final", finetune: {epochs: 2}}
 
+    claims:                             # the paper's claims the report tests (compact.report.claims)
+      - {kind: exits, mwbp: mwbp, against: [standard-probe]}
+
 Every entry runs once per seed. ``match`` names an entry and one of its outputs (``final`` or an index).
 """
 
@@ -29,7 +32,7 @@ from compact._resources import resolve
 from compact.engine.config import PLACEMENT_KEYS, TrainConfig, read_yaml
 from compact.errors import CompactError
 
-TOP_KEYS = {"name", "description", "data", "seeds", "train_defaults", "profile", "entries", "notes"}
+TOP_KEYS = {"name", "description", "data", "seeds", "train_defaults", "profile", "entries", "notes", "claims"}
 DATA_KEYS = {"name", "data_dir", "download", "subset", "test_subset", "image_size", "workers", "augment", "flip",
              "in_chans"}  # fmt: skip
 PROFILE_KEYS = {"onnx", "batches", "rounds", "repeats", "threads"}
@@ -78,6 +81,7 @@ class Recipe:
     entries: list[Entry]
     description: str = ""
     source: dict[str, Any] = field(default_factory=dict, repr=False)
+    claims: list[dict[str, Any]] = field(default_factory=list)
 
     def entry(self, name: str) -> Entry:
         for e in self.entries:
@@ -196,6 +200,9 @@ def parse_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     recipe.ordered()  # cycles
     for e in entries:
         _check_references(recipe, e, f"{where}: entry {e.name!r}")
+    from compact.report.claims import check_claims
+
+    recipe.claims = check_claims(raw.get("claims"), {e.name: e for e in entries}, where)
     return recipe
 
 

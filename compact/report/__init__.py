@@ -9,8 +9,10 @@ from typing import Any
 
 from compact._atomic import write_text
 from compact.errors import CompactError
-from compact.recipes.runner import effective_data
+from compact.recipes.runner import effective_data, entry_dir
+from compact.report.claims import claims_markdown, evaluate_claims
 from compact.report.collect import RunResults, collect
+from compact.report.curves import curves_data, draw_curves
 from compact.report.plots import draw, pareto_data
 from compact.report.tables import comparison_table, exits_table
 
@@ -43,18 +45,25 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
         lines += ["**SMOKE RUN: one epoch on a few images per entry; the numbers mean nothing.**", ""]
     if recipe.description:
         lines += [recipe.description, ""]
+    data = effective_data(recipe.data, results.settings)
+    budget = budget_line(run, results, data)
     lines += [
-        f"Data: {json.dumps(effective_data(recipe.data, results.settings))}; seeds: {results.seeds}; "
-        "training defaults: "
-        f"{json.dumps(recipe.train_defaults)}.",
+        f"Data: {json.dumps(data)}; seeds: {results.seeds}; training defaults: {json.dumps(recipe.train_defaults)}.",
         "",
         "## Models compared (Tables 3-4 style)",
+        "",
+        budget,
         "",
         table["markdown"],
         "",
     ]
     if exits["markdown"]:
-        lines += ["## Error of every exit (Table 6 style)", "", exits["markdown"], ""]
+        lines += ["## Error of every exit (Table 6 style)", "", budget, "", exits["markdown"], ""]
+    claim_rows = evaluate_claims(recipe.claims, results.models)
+    claim_lines = claims_markdown(claim_rows, recipe.claims, bool(smoke))
+    if claim_lines:
+        lines += [*claim_lines[:2], budget, "", *claim_lines[2:]]
+    curves = curves_data(run, recipe, results.seeds, results.models)
     title = f"{recipe.name}" + (" (SMOKE RUN)" if smoke else "") + (" (INCOMPLETE)" if results.missing else "")
     plots = {axis: pareto_data(results, axis) for axis in ("macs", "latency")}
     out.mkdir(parents=True, exist_ok=True)
@@ -62,12 +71,18 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
     for axis, data in plots.items():
         for path in draw(data, title, out / f"pareto_{axis}"):
             files[path.name] = None  # written by draw
+    for path in draw_curves(curves, title, out / "curves"):
+        files[path.name] = None
     images = ["![error vs MACs](pareto_macs.png)", "", "![error vs latency](pareto_latency.png)", ""]
+    curve_lines = ["## Learning curves", "", budget, "", "![test error per epoch](curves.png)", ""]
     fronts = [line for data in plots.values() for line in _front_table(data)]
-    markdown = "\n".join(lines + ["## Pareto plots", "", *images, *fronts])
+    markdown = "\n".join(lines + ["## Pareto plots", "", *images, *fronts] + curve_lines)
     # the same without images, for places that show a Markdown text without the files beside it (CI job summaries)
-    note = "The Pareto plots (`pareto_macs.png`, `pareto_latency.png`, and SVG) are in the report folder."
-    summary = "\n".join(lines + ["## Pareto fronts", "", note, "", *fronts])
+    note = (
+        "The Pareto plots (`pareto_macs.png`, `pareto_latency.png`) and learning curves (`curves.png`), with SVG "
+        "versions, are in the report folder."
+    )
+    summary = "\n".join(lines + ["## Pareto fronts", "", note, "", *fronts] + curve_lines[:4])
     files.update(
         {
             "report.md": markdown,
@@ -79,6 +94,8 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
         }
     )
     files["pareto.json"] = _json(plots)
+    files["curves.json"] = _json(curves)
+    files["claims.json"] = _json({"smoke": bool(smoke), "claims": recipe.claims, "comparisons": claim_rows})
     for name, text in files.items():
         if text is not None:
             write_text(out / name, text)
@@ -88,7 +105,32 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
         "markdown": markdown,
         "complete": not results.missing,
         "plots": plots,
+        "claims": claim_rows,
+        "curves": curves,
     }
+
+
+def budget_line(run: Path, results: RunResults, data: dict[str, Any]) -> str:
+    """What the numbers below cost: training and test images, epochs per entry (as trained), seeds."""
+    epochs: dict[int, list[str]] = {}
+    for entry in results.recipe.entries:
+        for seed in results.seeds:
+            path = entry_dir(run, entry.name, seed) / "summary.json"
+            try:
+                n = json.loads(path.read_text()).get("epochs") if path.is_file() else None
+            except (OSError, ValueError):
+                n = None
+            if isinstance(n, int):
+                epochs.setdefault(n, []).append(entry.name)
+                break
+    per = "; ".join(f"{n} epoch{'s' if n != 1 else ''}: {', '.join(names)}" for n, names in sorted(epochs.items()))
+    train = f"{data['subset']:,}" if data.get("subset") else "all"
+    test = f"{data['test_subset']:,}" if data.get("test_subset") else "all"
+    smoke = " SMOKE RUN." if results.settings.get("smoke") else ""
+    return (
+        f"*Budget: {train} training images of {data['name']}, {test} test images, {len(results.seeds)} seed(s) "
+        f"{results.seeds}; {per or 'no finished entry'}.{smoke}*"
+    )
 
 
 def _finite(value: Any) -> Any:

@@ -34,6 +34,7 @@ class Model:
     macs_total: list[int] = field(default_factory=list)
     latency: dict[str, list[float]] = field(default_factory=dict)  # "onnxruntime/1" -> medians over seeds
     failed: list[int] = field(default_factory=list)  # seeds whose test error is not a number (a diverged run)
+    by_seed: dict[int, float] = field(default_factory=dict)  # test error of each seed (paired comparisons)
 
     @property
     def name(self) -> str:
@@ -137,6 +138,7 @@ def _add_error(m: Model, value: Any, seed: int, failed: list[str]) -> None:
         failed.append(f"{m.name} seed {seed} (test error {value!r})")
     else:
         m.errors.append(err)
+        m.by_seed[seed] = err
 
 
 def collect(run: Path) -> RunResults:
