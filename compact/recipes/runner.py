@@ -61,7 +61,8 @@ def entry_dir(out: Path, entry: str, seed: int) -> Path:
 
 def effective_data(recipe_data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """The data a run used: the recipe's ``data`` with the run's overrides (``--data``, ``--data-dir``,
-    ``--image-size``) and, in a smoke run, the smoke subset (and a small image side for image folders)."""
+    ``--image-size``) and, in a smoke run, the smoke subset and, for image folders, a small image side
+    (the recipe's own side yields to it; a ``--image-size`` given to the run does not)."""
     data = {"name": "fashion-mnist", **recipe_data}
     if settings.get("data"):
         data["name"] = settings["data"]
@@ -71,8 +72,8 @@ def effective_data(recipe_data: dict[str, Any], settings: dict[str, Any]) -> dic
         data["image_size"] = settings["image_size"]
     if settings.get("smoke"):
         data.update({k: SMOKE[k] for k in ("subset", "test_subset")})
-        if str(data["name"]).startswith("imagefolder:") and not data.get("image_size"):
-            data["image_size"] = SMOKE_IMAGE_SIZE
+        if str(data["name"]).startswith("imagefolder:") and not settings.get("image_size"):
+            data["image_size"] = SMOKE_IMAGE_SIZE  # small images, unless the run was given --image-size
     return data
 
 
