@@ -359,6 +359,7 @@ def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
 def _clear_run(out: Path) -> None:
     for f in RUN_FILES:
         (out / f).unlink(missing_ok=True)
+    remove_stale_temporaries(out)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
 
 
