@@ -36,7 +36,8 @@ class DataOptions:
     ``subset`` / ``test_subset``: use that many images, drawn by a permutation seeded with ``seed``.
     ``image_size``: side of the square inputs; in-memory datasets are resized to it once when loaded
     (default: their own size), image folders are cropped to it (default 224).
-    ``augment``: ``cifar`` (zero-padded random crop, 1/8 of the side, as for CIFAR), ``imagenet`` (random
+    ``augment``: ``cifar`` (zero-padded random crop: CIFAR 4 px, Fashion-MNIST 2 px, scaled with
+    ``image_size``; image folders 1/8 of the side), ``imagenet`` (random
     resized crop, scale 0.08-1, aspect 3/4-4/3) or ``none``; default ``cifar`` for in-memory datasets,
     ``imagenet`` for image folders. ``flip``: random horizontal flips when augmenting (wrong for digits or
     text). ``in_chans``: 1 (grayscale) or 3 (RGB); default the dataset's own (image folders: 3).
