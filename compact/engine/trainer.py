@@ -430,7 +430,7 @@ def train(
         tune_cpu_allocator()  # reuse freed feature-map memory instead of page-faulting it back every step
     data = load_data(data_options(cfg))
     net, weighting = build_network(cfg, data)
-    check_memory(net, data.input_size, min(cfg.batch_size, data.train_size), device)
+    check_memory(net, data.input_size, max(1, min(cfg.batch_size, data.train_size) // d.world), device)
     net.to(device)
     sgd = SGDConfig(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     method = create_method(cfg.method, net, sgd, weighting, **cfg.method_options)
