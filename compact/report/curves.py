@@ -74,6 +74,7 @@ def draw_curves(data: dict[str, Any], title: str, path_stem: Path) -> list[Path]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = data["panels"] or [{"title": "no curves", "series": []}]
     cols = min(3, len(panels))
@@ -84,6 +85,7 @@ def draw_curves(data: dict[str, Any], title: str, path_stem: Path) -> list[Path]
             (line,) = ax.plot(s["epochs"], s["mean"], marker="." if len(s["epochs"]) < 30 else None, label=s["label"])
             ax.fill_between(s["epochs"], s["min"], s["max"], color=line.get_color(), alpha=0.18, linewidth=0)
         ax.set_title(panel["title"], fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(data["xlabel"])
         ax.set_ylabel(data["ylabel"])
         ax.grid(True, alpha=0.3)
