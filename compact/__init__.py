@@ -11,9 +11,7 @@ The notebook entry points::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from compact._lazy import lazy_getattr
 from compact._version import __version__
 from compact.errors import CompactError
 
@@ -30,12 +28,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'compact' has no attribute {name!r}")
+__getattr__ = lazy_getattr("compact", _LAZY, globals())
 
 
 __all__ = [

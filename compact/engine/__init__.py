@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from compact._lazy import lazy_getattr
 
 #: name -> module, imported on first use (the command line builds its parser without loading torch)
 _LAZY = {
@@ -25,12 +24,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'compact.engine' has no attribute {name!r}")
+__getattr__ = lazy_getattr("compact.engine", _LAZY, globals())
 
 
 __all__ = [

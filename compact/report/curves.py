@@ -76,6 +76,8 @@ def draw_curves(data: dict[str, Any], title: str, path_stem: Path) -> list[Path]
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from compact.report.plots import save_figure
+
     panels = data["panels"] or [{"title": "no curves", "series": []}]
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
@@ -95,12 +97,4 @@ def draw_curves(data: dict[str, Any], title: str, path_stem: Path) -> list[Path]
         ax.axis("off")
     fig.suptitle(f"{title}: test error per epoch (mean, band {data['band']})", fontsize=11)
     fig.tight_layout()
-    written = []
-    for ext in ("png", "svg"):
-        path = path_stem.with_suffix(f".{ext}")
-        tmp = path.with_name(f".{path.name}.tmp.{ext}")
-        fig.savefig(tmp, format=ext)
-        tmp.replace(path)
-        written.append(path)
-    plt.close(fig)
-    return written
+    return save_figure(fig, path_stem)

@@ -110,6 +110,14 @@ def draw(data: dict[str, Any], title: str, path_stem: Path) -> list[Path]:
     else:
         ax.text(0.5, 0.5, f"no model has a {data['axis']} measurement", ha="center", transform=ax.transAxes)
     fig.tight_layout()
+    return save_figure(fig, path_stem)
+
+
+def save_figure(fig, path_stem: Path) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` (each to a temporary name, then renamed) and
+    close it."""
+    import matplotlib.pyplot as plt
+
     written = []
     for ext in ("png", "svg"):
         path = path_stem.with_suffix(f".{ext}")
