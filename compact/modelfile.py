@@ -162,6 +162,9 @@ def _check_info(info: ModelInfo) -> None:
     for key in ("seed", "output", "depth", "epochs"):
         if key in info.source and not _is_int(info.source[key]):
             _fail(f"source.{key} must be an integer", info.source[key])
+    subset = info.source.get("subset")
+    if subset is not None and not (_is_int(subset) and subset > 0):
+        _fail("source.subset must be null or a positive number of images", subset)
 
 
 def _is_number(value: Any) -> bool:

@@ -94,6 +94,7 @@ class Data:
     test_size: int
     classes: list[str] | None = None
     _make: Callable[..., tuple] = field(default=None, repr=False)
+    _held_out: Callable[[int, int], object] | None = field(default=None, repr=False)
 
     def loaders(
         self, batch_size: int, seed: int, eval_batch_size: int | None = None, shard: tuple[int, int] = (0, 1)
@@ -105,6 +106,13 @@ class Data:
         if batch_size <= 0:
             raise CompactError(f"batch size must be > 0, got {batch_size}")
         return self._make(batch_size, eval_batch_size or max(batch_size, 256), seed, shard)
+
+    def held_out_loader(self, n: int, batch_size: int = 256):
+        """An evaluation loader of up to ``n`` training-set images that the training subset left out
+        (the next ones of the same seeded permutation), or None when training used every image."""
+        if n <= 0:
+            raise CompactError(f"the number of held-out images must be > 0, got {n}")
+        return self._held_out(n, batch_size) if self._held_out is not None else None
 
 
 def _in_memory(
@@ -122,7 +130,15 @@ def _in_memory(
         train, test = train.resized(opts.image_size), test.resized(opts.image_size)
         pad = max(1, round(pad * opts.image_size / native))
     mean, std = train.mean_std()  # of the whole training set, before any subset
-    if opts.subset:
+    held_out = None
+    if opts.subset and opts.subset < len(train):
+        full, used = train, opts.subset
+
+        def held_out(n: int, batch_size: int) -> InMemoryLoader:
+            idx = full.permutation(opts.seed)[used : used + n]
+            ds = ArrayDataset(full.images[idx], full.labels[idx], full.num_classes, f"{full.name}[held out]")
+            return InMemoryLoader(ds, batch_size, train=False, mean=mean, std=std, seed=opts.seed)
+
         train = train.subset(opts.subset, opts.seed)
     if opts.test_subset:
         test = test.subset(opts.test_subset, opts.seed)
@@ -135,7 +151,7 @@ def _in_memory(
             InMemoryLoader(test, eval_batch_size, train=False, **common),
         )
 
-    return Data(name, train.num_classes, train.input_size, mean, std, len(train), len(test), classes, make)
+    return Data(name, train.num_classes, train.input_size, mean, std, len(train), len(test), classes, make, held_out)
 
 
 @DATASETS.register("fashion-mnist")
@@ -186,13 +202,22 @@ def _image_folder(root: str, opts: DataOptions, in_chans: int) -> Data:
             "every class needs a folder in both"
         )
 
+    def permutation(ds) -> list[int]:
+        return torch.randperm(len(ds), generator=torch.Generator().manual_seed(opts.seed)).tolist()
+
     def subset(ds, n):
         if not n or n >= len(ds):
             return ds
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(opts.seed))[:n]
-        return torch.utils.data.Subset(ds, idx.tolist())
+        return torch.utils.data.Subset(ds, permutation(ds)[:n])
 
     train_ds, test_ds = subset(train, opts.subset), subset(test, opts.test_subset)
+    held_out = None
+    if opts.subset and opts.subset < len(train):
+
+        def held_out(n: int, batch_size: int) -> FolderLoader:
+            plain = image_folder(root, "train", size, train=False, in_chans=in_chans)
+            ds = torch.utils.data.Subset(plain, permutation(plain)[opts.subset : opts.subset + n])
+            return FolderLoader(ds, batch_size, train=False, workers=workers, seed=opts.seed, shard=(0, 1))
 
     workers = opts.workers
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -219,6 +244,7 @@ def _image_folder(root: str, opts: DataOptions, in_chans: int) -> Data:
         len(test_ds),
         list(train.classes),
         make,
+        held_out,
     )
 
 

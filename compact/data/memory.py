@@ -43,8 +43,12 @@ class ArrayDataset:
             raise CompactError(f"subset size must be > 0, got {n}")
         if n >= len(self):
             return self
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        idx = self.permutation(seed)[:n]
         return ArrayDataset(self.images[idx], self.labels[idx], self.num_classes, f"{self.name}[{n}]")
+
+    def permutation(self, seed: int) -> torch.Tensor:
+        """The seeded permutation of the indices that :meth:`subset` takes its first ``n`` from."""
+        return torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
 
     def with_channels(self, channels: int) -> ArrayDataset:
         """The images as ``channels`` (1: ITU-R 601 luma of RGB; 3: grayscale repeated)."""

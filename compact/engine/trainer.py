@@ -566,7 +566,7 @@ def model_info(cfg: TrainConfig, net: MultiExitNet, data: Data, out: Path) -> Mo
         std=data.std,
         classes=data.classes,
         dataset=data.name,
-        source={"run": str(out), "method": cfg.method, "seed": cfg.seed},
+        source={"run": str(out), "method": cfg.method, "seed": cfg.seed, "subset": cfg.subset},
     )
 
 
