@@ -94,7 +94,9 @@ def test_recipe_files_missing_or_not_yaml(tmp_path, capsys):
     assert "is not valid YAML" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["demo", "fmnist-resnet", "fmnist-convergence", "fmnist-converged", "cifar10-resnet", "imagenet-resnet"])
+@pytest.mark.parametrize(
+    "name", ["demo", "fmnist-resnet", "fmnist-convergence", "fmnist-converged", "cifar10-resnet", "imagenet-resnet"]
+)
 def test_shipped_recipes_parse_and_load_by_name(name):
     recipe = load_recipe(name)
     assert recipe.name == name and recipe.ordered()

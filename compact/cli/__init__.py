@@ -3,7 +3,8 @@
 Each subcommand has an ``_add_<name>`` function that declares its arguments and a ``_cmd_<name>``
 function that calls the library; the modules of this package group them (``inspect``: what compact offers;
 ``train``: training, evaluation, export; ``probe``: heads on a frozen trunk; ``prune``: pruning baselines;
-``profile``: counts and latency; ``recipes``: comparison runs and reports). Errors of the user's input
+``profile``: counts and latency; ``cascade``: early-exit inference; ``recipes``: comparison runs and
+reports). Errors of the user's input
 (:class:`CompactError`) print one line and exit with status 2.
 """
 
@@ -16,7 +17,7 @@ import traceback
 from collections.abc import Sequence
 
 from compact._version import __version__
-from compact.cli import inspect, probe, profile, prune, recipes, train
+from compact.cli import cascade, inspect, probe, profile, prune, recipes, train
 from compact.cli._common import add_model_args, build_net
 from compact.errors import CompactError
 
@@ -27,6 +28,7 @@ COMMANDS = {
     **probe.COMMANDS,
     **prune.COMMANDS,
     **profile.COMMANDS,
+    **cascade.COMMANDS,
     **recipes.COMMANDS,
 }
 

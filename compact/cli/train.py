@@ -278,22 +278,42 @@ def _rows(model, info, errors: list[float | None]) -> list[dict]:
 
 # -- compact export ---------------------------------------------------------------------------------
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write one output of a trained run as a standalone model file")
+    p = sub.add_parser(
+        "export",
+        help="write one output of a trained run as a standalone model file, or the whole network as an "
+        "early-exit ONNX cascade",
+    )
     p.add_argument("target", metavar="RUN_OR_FILE", help="a run folder or a multi-exit .safetensors model file")
-    p.add_argument(
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
         "--exit",
-        required=True,
         dest="which",
         metavar="K",
         help="output index (0 = shallowest exit; negative counts from the end) or 'final'",
     )
-    p.add_argument("--out", required=True, metavar="FILE", help="model file to write (.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    what.add_argument(
+        "--cascade",
+        action="store_true",
+        help="write the network cut at its exits as ONNX segments plus manifest.json into the folder --out "
+        "(run it with compact cascade)",
+    )
+    p.add_argument("--out", required=True, metavar="FILE_OR_DIR", help="model file to write (.safetensors), or "
+                   "with --cascade the folder")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace FILE (or the cascade folder) if it exists")
 
 
 def _cmd_export(args) -> int:
     from compact.engine import export_output
 
+    if args.cascade:
+        from compact.cli.cascade import _export
+
+        check_output_dir(args.out, "--out")
+        m = _export(Path(args.target), Path(args.out), overwrite=args.overwrite)
+        for s in m["segments"]:
+            macs = s["macs"]["trunk"]["total"] + s["macs"]["head"]["total"]
+            print(f"{s['file']}: {s['node']} (layer {s['depth']}), {macs:,} MACs, parity {s['parity_onnx']:.1e}")
+        return 0
     check_output_file(args.out, "--out")
     net, info, _, _ = _load_target(Path(args.target), "cpu")
     if not hasattr(net, "exit_nodes"):

@@ -70,17 +70,19 @@ class Counts:
 
 
 @torch.no_grad()
-def count(model: nn.Module, input_size: Sequence[int]) -> Counts:
-    """Parameters and MACs of ``model`` (eval mode, batch 1) with fvcore."""
+def count(model: nn.Module, input_size: Sequence[int] | None = None, inputs: tuple[torch.Tensor, ...] = ()) -> Counts:
+    """Parameters and MACs of ``model`` (eval mode) with fvcore, for one input of ``input_size`` (C, H, W),
+    or for the given example ``inputs`` (a model taking several tensors, e.g. a cascade segment)."""
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    args = tuple(inputs) if inputs else (torch.zeros(1, *input_size, device=device),)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # import and tracer warnings; skipped operators are reported below
             from fvcore.nn import FlopCountAnalysis
 
-            analysis = FlopCountAnalysis(model, torch.zeros(1, *input_size, device=device))
+            analysis = FlopCountAnalysis(model, args)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             by_op = dict(analysis.by_operator())

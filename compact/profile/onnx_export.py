@@ -26,23 +26,35 @@ INPUT, OUTPUT = "input", "logits"
 
 def export_onnx(model: nn.Module, input_size: Sequence[int], path: str | Path) -> Path:
     """Export ``model`` (eval mode, CPU) to ``path`` with a dynamic batch axis and check it (full check)."""
+    return export_graph(model, (torch.zeros(2, *input_size),), [INPUT], [OUTPUT], path)
+
+
+def export_graph(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    path: str | Path,
+) -> Path:
+    """Export ``model`` called on example ``inputs`` (batch first) with the given tensor names and a dynamic
+    batch axis on each, then run onnx's full checker; the file appears only when both succeed."""
     import onnx
 
     path = Path(path)
     model = model.eval().cpu()
-    x = torch.zeros(2, *input_size)
+    axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and constant-folding notes
         try:
             torch.onnx.export(
                 model,
-                (x,),
+                tuple(inputs),
                 str(tmp),
                 dynamo=False,
                 opset_version=OPSET,
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=axes,
             )
         except Exception as exc:  # the exporter raises various types; the message names the operator
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

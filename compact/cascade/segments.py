@@ -1,0 +1,155 @@
+"""A multi-exit network cut into segments at its exits, for early-exit inference.
+
+Segment ``i`` (``i < K``) takes the tensors that cross cut ``i - 1`` (segment 0: the image), computes the
+backbone's operations between cut ``i - 1`` and cut ``i``, and returns the tensors that cross cut ``i`` and
+the logits of exit ``i``; the last segment returns the final logits. The cut is made in the backbone's
+traced graph (eval mode) in execution order, so every operation belongs to exactly one segment: a cascade
+run to the end computes each feature once, plus the heads it ran.
+
+What crosses a cut is usually the exit's feature alone (a ResNet's block output); for graphs where a later
+operation reads an earlier tensor (a skip over the cut, the input reused), those tensors cross too and are
+passed along until their last reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from compact.errors import CompactError
+from compact.exits import _fx
+
+#: largest tolerated |segment - network| logit difference, scaled as the profiler scales ONNX parity
+PARITY_LIMIT = 1e-4
+
+
+class Segment(nn.Module):
+    """``body`` (an FX graph module: the cut tensors in, ``(*tensors crossing the next cut, exit feature)``
+    out) followed by the exit's ``head``; the last segment has no head and its body returns the logits."""
+
+    def __init__(self, body: fx.GraphModule, head: nn.Module | None, num_in: int, num_out: int) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.num_in = num_in
+        self.num_out = num_out  # tensors crossing the next cut (0 for the last segment)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = self.body(*inputs)
+        if self.head is None:
+            return (outs[-1],)
+        return (*outs[:-1], self.head(outs[-1]))
+
+
+@dataclass
+class Cut:
+    """The segments of a network and what crosses each cut (node names of the traced graph)."""
+
+    segments: list[Segment]
+    crossing: list[list[str]]  # crossing[i]: names of the tensors passed from segment i to i + 1
+
+
+def split(net: nn.Module) -> Cut:
+    """Cut a :class:`~compact.exits.MultiExitNet` into ``net.num_outputs`` segments (see the module
+    docstring). The segments share nothing with ``net``'s later training: call on a network in its final
+    state (they reference its parameters)."""
+    if not getattr(net, "exit_nodes", None):
+        raise CompactError("a cascade needs a network with auxiliary exits; this one has only its final output")
+    ext = _fx.feature_extractor(net.backbone, [*net.exit_nodes, net.final_node])
+    ext.eval()
+    graph = ext.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    values = output.args[0]
+    cuts = [values[name] for name in [*net.exit_nodes, net.final_node]]
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    positions = [order[c] for c in cuts]
+    if any(b <= a for a, b in zip(positions, positions[1:], strict=False)):
+        raise CompactError(
+            "the exits are not computed in order of depth in the traced graph; a cascade cannot stop between them"
+        )
+
+    def segment_of(node: fx.Node) -> int:
+        for i, p in enumerate(positions):
+            if order[node] <= p:
+                return i
+        return len(cuts) - 1
+
+    computed = [n for n in graph.nodes if n.op not in ("get_attr", "output")]
+    seg = {n: segment_of(n) for n in computed}
+    last = len(cuts) - 1
+    crossing: list[list[fx.Node]] = []
+    for i in range(last):
+        live = [n for n in computed if seg[n] <= i and any(u.op != "output" and seg.get(u, -1) > i for u in n.users)]
+        crossing.append(live)
+        if not live:
+            raise CompactError(f"nothing computed before exit {i} is used after it: the network cannot be cut there")
+
+    segments = []
+    for i in range(len(cuts)):
+        g = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        inputs = crossing[i - 1] if i > 0 else [n for n in computed if n.op == "placeholder"]
+        if i == 0 and len(inputs) != 1:
+            raise CompactError(f"a cascade needs a network with one input, this one has {len(inputs)}")
+        for k, node in enumerate(inputs):
+            env[node] = g.placeholder(f"in{k}")
+
+        def arg(a: fx.Node, env=env, g=g, i=i) -> fx.Node:
+            if a not in env:
+                if a.op != "get_attr":
+                    raise CompactError(f"segment {i} reads {a.name}, which is not passed across the cut")
+                env[a] = g.node_copy(a)
+            return env[a]
+
+        for node in computed:
+            if seg[node] != i or node in env:
+                continue
+            for a in node.all_input_nodes:
+                arg(a)
+            env[node] = g.node_copy(node, arg)
+        outs = [env[n] for n in crossing[i]] if i < last else []
+        g.output((*outs, env[cuts[i]]))
+        body = fx.GraphModule(ext, g)
+        head = net.heads[i] if i < last else None
+        segments.append(Segment(body, head, len(inputs), len(outs)).eval())
+    return Cut(segments, [[n.name for n in c] for c in crossing])
+
+
+@torch.no_grad()
+def run_segments(segments: Sequence[Segment], x: torch.Tensor) -> list[torch.Tensor]:
+    """Logits of every exit (final last) by running the segments one after another on all of ``x``."""
+    logits, carry = [], (x,)
+    for s in segments:
+        outs = s(*carry)
+        carry = outs[:-1]
+        logits.append(outs[-1])
+    return logits
+
+
+def scaled_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max(1, max |b|): the profiler's parity measure."""
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a.float() - b.float()).abs().max() / max(1.0, float(b.float().abs().max())))
+
+
+@torch.no_grad()
+def check_segments(net: nn.Module, segments: Sequence[Segment], input_size: Sequence[int]) -> list[float]:
+    """Per exit, the scaled difference between the segments' logits and the network's shared forward
+    (eval mode, random inputs); raises if one exceeds :data:`PARITY_LIMIT`."""
+    x = torch.randn(4, *input_size, generator=torch.Generator().manual_seed(0))
+    was_training = net.training
+    net.eval()
+    try:
+        expected = net.forward_exits(x)
+    finally:
+        net.train(was_training)
+    got = run_segments(segments, x)
+    diffs = [scaled_difference(a, b) for a, b in zip(got, expected, strict=True)]
+    bad = [f"exit {i}: {d:.3g}" for i, d in enumerate(diffs) if not d <= PARITY_LIMIT]
+    if bad:
+        raise CompactError(f"the cut network differs from the multi-exit network ({', '.join(bad)})")
+    return diffs

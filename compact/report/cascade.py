@@ -1,0 +1,127 @@
+"""Tables and plots of a cascade study (:func:`compact.cascade.sweep.study`), from its stored JSON only."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+
+def _latency(row: dict[str, Any], batch: str) -> str:
+    lat = row.get("latency_ms_per_image") or {}
+    return f"{lat[batch]:.4f}" if batch in lat else "-"
+
+
+def cascade_markdown(result: dict[str, Any], title: str = "Early-exit cascade") -> str:
+    """The sweep (one row per threshold), the static outputs and the operating point, as Markdown."""
+    batches = [str(b) for b in (result.get("latency") or {}).get("batches", [])]
+    n = len(result["exit_macs"])
+    lat_head = "".join(f" ms/img b{b} |" for b in batches)
+    lines = [
+        f"## {title}",
+        "",
+        f"Exit rule: {result['rule']} > threshold"
+        + (f", temperatures {result['temperatures']}" if result.get("temperatures") else "")
+        + f"; {result['test_images']:,} test images. MACs per image are exact (segments and heads run, from the "
+        "manifest); latency is measured with ONNX Runtime"
+        + (
+            f" on {result['latency']['images']} test images, median of {result['latency']['rounds']} interleaved "
+            "rounds."
+            if result.get("latency")
+            else " (not measured)."
+        ),
+        "",
+        "| threshold | error % | "
+        + " | ".join(f"exit {i} %" for i in range(n - 1))
+        + " | final % | mean MACs |"
+        + lat_head,
+        "|---:|---:|" + "---:|" * n + "---:|" + "---:|" * len(batches),
+    ]
+    for r in result["rows"]:
+        shares = " | ".join(f"{100 * s:.1f}" for s in r["exit_share"])
+        lat = "".join(f" {_latency(r, b)} |" for b in batches)
+        lines.append(f"| {r['threshold']:.4g} | {r['error_pct']:.2f} | {shares} | {r['mean_macs'] / 1e6:.3f}M |{lat}")
+    lines += ["", "Static outputs (each exit as its own graph, every sample):", "",
+              "| output | error % | MACs |" + lat_head, "|---|---:|---:|" + "---:|" * len(batches)]  # fmt: skip
+    for s in result["static"]:
+        lat = "".join(f" {_latency(s, b)} |" for b in batches)
+        lines.append(f"| {s['name']} | {s['error_pct']:.2f} | {s['macs'] / 1e6:.3f}M |{lat}")
+    op = result.get("operating_point")
+    if op:
+        goal = (
+            f"target error {op['target_error_pct']}%"
+            if op["target_error_pct"] is not None
+            else f"budget {op['budget_macs']:,.0f} MACs"
+        )
+        lines += [
+            "",
+            f"Operating point ({goal}, chosen on {result['validation_images']:,} held-out training images): threshold "
+            f"{op['threshold']:.4g}; validation {op['validation']['error_pct']:.2f}% at "
+            f"{op['validation']['mean_macs'] / 1e6:.3f}M MACs; test {op['test']['error_pct']:.2f}% at "
+            f"{op['test']['mean_macs'] / 1e6:.3f}M MACs.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def cascade_csv(result: dict[str, Any]) -> str:
+    batches = [str(b) for b in (result.get("latency") or {}).get("batches", [])]
+    n = len(result["exit_macs"])
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["threshold", "error_pct", *[f"share_exit{i}" for i in range(n)], "mean_macs",
+                "mean_macs_conv_linear", *[f"ms_per_image_b{b}" for b in batches]])  # fmt: skip
+    for r in result["rows"]:
+        lat = r.get("latency_ms_per_image") or {}
+        w.writerow([r["threshold"], r["error_pct"], *r["exit_share"], round(r["mean_macs"]),
+                    round(r["mean_macs_conv_linear"]), *[lat.get(b, "") for b in batches]])  # fmt: skip
+    return out.getvalue()
+
+
+def cascade_plot_data(result: dict[str, Any], axis: str) -> dict[str, Any]:
+    """Series to draw: the cascade's curve and the static outputs, on ``axis`` ``macs`` or ``latency:B``."""
+
+    def x_of(row: dict[str, Any], macs_key: str) -> float | None:
+        if axis == "macs":
+            return row[macs_key] / 1e6
+        return (row.get("latency_ms_per_image") or {}).get(axis.partition(":")[2])
+
+    curve = [(x_of(r, "mean_macs"), r["error_pct"]) for r in result["rows"]]
+    static = [(x_of(s, "macs"), s["error_pct"], s["name"]) for s in result["static"]]
+    return {
+        "axis": axis,
+        "xlabel": "mean MACs per image (millions)" if axis == "macs" else f"ms per image, batch {axis[8:]}",
+        "cascade": [{"x": x, "y": y} for x, y in curve if x is not None],
+        "static": [{"x": x, "y": y, "name": n} for x, y, n in static if x is not None],
+    }
+
+
+def draw_cascade(result: dict[str, Any], stem: Path, title: str = "early-exit cascade") -> list[Path]:
+    """``<stem>_macs`` and, when latency was measured, ``<stem>_latency_b<B>`` plots (PNG and SVG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compact.report.plots import save_figure
+
+    axes = ["macs"] + [f"latency:{b}" for b in (result.get("latency") or {}).get("batches", [])]
+    written = []
+    for axis in axes:
+        data = cascade_plot_data(result, axis)
+        fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+        ax.plot([p["x"] for p in data["cascade"]], [p["y"] for p in data["cascade"]], "-o", markersize=3,
+                label=f"cascade ({result['rule']} threshold sweep)")  # fmt: skip
+        ax.plot([p["x"] for p in data["static"]], [p["y"] for p in data["static"]], "s", markersize=7,
+                label="static outputs")  # fmt: skip
+        for p in data["static"]:
+            ax.annotate(p["name"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set_xlabel(data["xlabel"])
+        ax.set_ylabel("test error (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = "macs" if axis == "macs" else f"latency_b{axis.partition(':')[2]}"
+        written += save_figure(fig, stem.with_name(f"{stem.name}_{name}"))
+    return written
