@@ -26,7 +26,7 @@ def _run(name: str) -> dict:
 
 def test_every_benchmark_has_a_quick_mode():
     scripts = sorted(p.name for p in BENCHMARKS.glob("*.py"))
-    assert scripts == ["bp_cost.py", "ddp_scaling.py", "prune_cost.py", "train_throughput.py"]
+    assert scripts == ["bp_cost.py", "cascade_overhead.py", "ddp_scaling.py", "prune_cost.py", "train_throughput.py"]
     for name in scripts:
         assert "--quick" in (BENCHMARKS / name).read_text(), name
 
@@ -38,6 +38,13 @@ def test_bp_cost_quick_times_every_method_and_the_mwbp_floor():
     trainable = {m for m in list_methods() if not METHODS.get(m).needs_trained_trunk}
     assert set(figures["ms_per_iter"]) == trainable
     assert figures["ratio_to_standard"]["standard"] == 1.0 and figures["mwbp_floor_ratio"] > 0
+
+
+def test_cascade_overhead_quick_times_the_cascade_against_the_full_graph():
+    figures = _run("cascade_overhead.py")
+    assert set(figures["ms_per_image"]) == {"full graph", "cascade t=1", "segments only"}
+    assert all(v["median"] > 0 for d in figures["ms_per_image"].values() for v in d.values())
+    assert 0 < figures["macs_overhead"] < 0.01  # the heads only: no feature is computed twice
 
 
 def test_prune_cost_quick_prunes_and_profiles():
