@@ -325,3 +325,29 @@ def test_static_rows_name_the_final_output():
         0.0,
         pytest.approx(200 / 3, abs=1e-4),
     ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"of": "standard"}, "must name a trained or probed entry with exits"),
+        ({"of": "deep-l1"}, "must name a trained or probed entry with exits"),
+        ({"of": "nowhere"}, "refers to unknown entry 'nowhere'"),
+        ({"of": "mwbp", "thresholds": "0.5:1.5:3"}, r"outside \[0, 1\]"),
+        ({"of": "mwbp", "thresholds": "many"}, "is not LOW:HIGH:N"),
+        ({"of": "mwbp", "rule": "vote"}, "rule must be one of maxprob, margin, entropy"),
+        ({"of": "mwbp", "batch": 0}, "batch must be an integer in 1..4096"),
+        ({"of": "mwbp", "speed": 1}, "unknown key"),
+        ({}, "cascade needs 'of'"),
+        ({"of": "mwbp", "claim": True}, "is a cascade entry"),
+    ],
+)
+def test_recipe_cascade_entries_are_checked(spec, message):
+    from compact.recipes.schema import load_recipe, parse_recipe
+
+    raw = dict(load_recipe("demo").source)
+    raw["entries"] = [e for e in raw["entries"] if "cascade" not in e] + [{"name": "c", "cascade": spec}]
+    if spec.pop("claim", False):
+        raw["claims"] = [{"kind": "final", "mwbp": "mwbp", "against": ["c"]}]
+    with pytest.raises(CompactError, match=message):
+        parse_recipe(raw, "demo.yaml")

@@ -153,6 +153,14 @@ def test_demo_smoke_report_and_plots_show_the_runs_data(demo_run, tmp_path):
     pruned = json.loads((demo_run / "deep-l1" / "seed0" / "prune.json").read_text())
     assert series["ResNet-32 pruned, L1"]["y"] == [pruned["test_error_pct"]["final"]]
     assert plots["macs"]["front"], "a Pareto front is marked"
+    # the cascade entry: its sweep (timed at the end of the run) is drawn beside the models, off the front
+    study = json.loads((demo_run / "mwbp-cascade" / "seed0" / "cascade.json").read_text())
+    assert study["latency"]["batches"] == [1, 2] and all(r["latency_ms_per_image"]["1"] > 0 for r in study["rows"])
+    sweep = next(s for s in plots["macs"]["series"] if s["kind"] == "cascade")
+    assert sweep["x"] == pytest.approx([r["mean_macs_conv_linear"] / 1e6 for r in study["rows"]])
+    assert sweep["y"] == [r["error_pct"] for r in study["rows"]]
+    assert not any("@" in p["model"] for p in plots["macs"]["front"])
+    assert "## Early-exit cascades" in md and "cascade of mwbp" in md
     # summary.md (for CI job summaries): the report's tables without images, and the fronts of pareto.json
     summary = (report / "summary.md").read_text()
     assert "![" not in summary and md.split("## Pareto plots")[0] == summary.split("## Pareto fronts")[0]
@@ -271,8 +279,32 @@ def test_compact_recipes_validates_a_users_file(tmp_path, capsys):
     good = tmp_path / "mine.yaml"
     good.write_text((BASELINES / "demo.yaml").read_text().replace("name: demo", "name: mine"))
     assert main(["recipes", str(good)]) == 0
-    assert f"{good}: valid; recipe mine, 7 entries" in capsys.readouterr().out
+    assert f"{good}: valid; recipe mine, 8 entries" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text((BASELINES / "demo.yaml").read_text().replace('match: "mwbp:final"', 'match: "mwbp:zz"', 1))
     assert main(["recipes", str(bad)]) == 2
     assert "match 'mwbp:zz': mwbp has outputs 0..2" in capsys.readouterr().err
+
+
+@needs_fmnist
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda s: s.update(rows=[]),
+        lambda s: s["rows"][0].update(error_pct="low"),
+        lambda s: s["rows"][0].update(exit_share=[1.0]),
+        lambda s: s["static"][0].update(latency_ms_per_image={"one": 1.0}),
+        lambda s: s.pop("rule"),
+    ],
+)
+def test_a_damaged_cascade_study_is_a_clear_report_error(demo_run, tmp_path, capsys, damage):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    path = run / "mwbp-cascade" / "seed0" / "cascade.json"
+    study = json.loads(path.read_text())
+    damage(study)
+    path.write_text(json.dumps(study))
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    assert "cascade.json is damaged" in capsys.readouterr().err

@@ -6,11 +6,13 @@ Layout of the output folder::
     <entry>/seed<s>/                 a run folder (train, probe) or a pruning job folder (prune)
     <entry>/seed<s>/exports/output<k>.safetensors (+ .profile.json)   every output of a trained network
     <entry>/seed<s>/pruned.profile.json                               the profile of a pruned model
+    <entry>/seed<s>/cascade/, cascade.json   a cascade entry: the exported cascade and its threshold sweep
     <entry>/seed<s>/entry.json       marks the folder as this recipe's (only such folders are ever replaced)
     <entry>/seed<s>/done.json        written when the entry's training is finished: skipped next time
 
 An entry that stopped half-way (a killed run) is resumed from its checkpoint. When every entry is done,
-all models not yet profiled are profiled in one session, their latencies measured interleaved.
+all models not yet profiled are profiled in one session, their latencies measured interleaved; then the
+cascades not yet timed are timed (each in its own interleaved session, with its static exits).
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def run_recipe(
         log(f"{head} ...")
         claim(out, folder, entry.name, seed)
         t0 = time.perf_counter()
-        runner = {"train": _train, "probe": _probe, "prune": _prune}[entry.kind]
+        runner = {"train": _train, "probe": _probe, "prune": _prune, "cascade": _cascade}[entry.kind]
         runner(recipe, entry, seed, out, settings, log)
         status = {
             "entry": entry.name,
@@ -169,6 +171,12 @@ def run_recipe(
     if todo:
         log(f"profiling {len(todo)} models in one interleaved session ...")
         _profile(recipe, todo, settings)
+    for seed in seeds_of(recipe, settings.smoke):
+        for entry in recipe.entries:
+            path = entry_dir(out, entry.name, seed) / CASCADE_RESULT
+            if entry.kind == "cascade" and path.is_file() and "latency" not in json.loads(path.read_text()):
+                log(f"timing the cascade {entry.name} (seed {seed}) ...")
+                _time_cascade(entry, path.parent, settings)
     return statuses
 
 
@@ -261,6 +269,85 @@ def _prune(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSett
     )
 
 
+CASCADE_RESULT = "cascade.json"
+
+
+def _cascade_options(entry: Entry, smoke: bool) -> dict[str, Any]:
+    from compact.cascade.sweep import parse_thresholds
+
+    spec = entry.spec
+    opts = {
+        "thresholds": parse_thresholds(str(spec.get("thresholds", "0.5:0.999:50"))),
+        "rule": spec.get("rule", "maxprob"),
+        "batch": spec.get("batch", 64),
+        "latency_images": spec.get("latency_images", 256),
+        "rounds": spec.get("rounds", 5),
+    }
+    if smoke:
+        opts.update(thresholds=opts["thresholds"][:: max(1, len(opts["thresholds"]) // 3)], batch=2,
+                    latency_images=4, rounds=1)  # fmt: skip
+    return opts
+
+
+def _cascade(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> None:
+    """Export the cascade of the entry named by ``of`` and sweep its thresholds on the test set (errors,
+    exit shares, MACs); its latency is measured with the other timings, when every entry is done."""
+    from compact.cascade.data import study_data
+    from compact.cascade.export import export_cascade
+    from compact.cascade.runtime import Cascade
+    from compact.cascade.sweep import study
+    from compact.engine import open_run
+
+    folder = entry_dir(out, entry.name, seed)
+    net, info = open_run(entry_dir(out, entry.spec["of"], seed)).network()
+    export_cascade(net, info, folder / "cascade", overwrite=True)
+    cascade = Cascade(folder / "cascade")
+    data = effective_data(recipe.data, settings.to_dict())
+    test, _, name = study_data(
+        cascade.manifest, data=data["name"], data_dir=data.get("data_dir"), test_subset=data.get("test_subset")
+    )
+    opts = _cascade_options(entry, settings.smoke)
+    result = study(cascade, test, opts["thresholds"], rule=opts["rule"], latency_images=0)
+    result.update(dataset=name, of=entry.spec["of"], seed=seed)
+    if opts["latency_images"] == 0:
+        result["latency"] = None  # not asked for
+    write_text(folder / CASCADE_RESULT, json.dumps(result, indent=2) + "\n")
+    best = min(result["rows"], key=lambda r: (r["error_pct"], r["mean_macs"]))
+    log(f"cascade of {entry.spec['of']}: {len(result['rows'])} thresholds; lowest error {best['error_pct']:.2f}% at "
+        f"threshold {best['threshold']:.4g}, {best['mean_macs'] / 1e6:.2f}M MACs per image")  # fmt: skip
+
+
+def _time_cascade(entry: Entry, folder: Path, settings: RunSettings) -> None:
+    """Measure the latency of a swept cascade (the sweep's thresholds and its static exits) and store it."""
+    from compact.cascade.data import study_data
+    from compact.cascade.runtime import Cascade
+    from compact.cascade.sweep import measure_latency
+
+    path = folder / CASCADE_RESULT
+    result = json.loads(path.read_text())
+    cascade = Cascade(folder / "cascade")
+    opts = _cascade_options(entry, settings.smoke)
+    data = {"data": settings.data, "data_dir": settings.data_dir}
+    (x, _), _, _ = study_data(cascade.manifest, data=data["data"] or result.get("dataset"), data_dir=data["data_dir"],
+                              test_subset=opts["latency_images"], val_images=1)  # fmt: skip
+    temps = result.get("temperatures")
+    lat = measure_latency(cascade, x, [r["threshold"] for r in result["rows"]], opts["batch"], result["rule"], temps,
+                          opts["rounds"])  # fmt: skip
+    for r in result["rows"]:
+        r["latency_ms_per_image"] = lat[f"t={r['threshold']}"]
+    for s in result["static"]:
+        s["latency_ms_per_image"] = lat[f"static {s['output']}"]
+    result["latency"] = {
+        "images": int(len(x)),
+        "batches": [1, opts["batch"]],
+        "rounds": opts["rounds"],
+        "repeats": 1,
+        "runtime": "onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL",
+        "statistic": "median over interleaved rounds of (time of one pass over the images) / images",
+    }
+    write_text(path, json.dumps(result, indent=2) + "\n")
+
+
 def model_files(out: Path, recipe: Recipe, smoke: bool = False) -> list[Path]:
     """Every model the run produced: each output of trained and probed networks, each pruned model."""
     files = []
@@ -269,6 +356,8 @@ def model_files(out: Path, recipe: Recipe, smoke: bool = False) -> list[Path]:
             folder = entry_dir(out, entry.name, seed)
             if entry.kind == "prune":
                 files.append(folder / "pruned.safetensors")
+            elif entry.kind == "cascade":
+                continue
             else:
                 files += sorted((folder / "exports").glob("output*.safetensors"), key=lambda p: int(p.stem[6:]))
     return [f for f in files if f.is_file()]

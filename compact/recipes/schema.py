@@ -14,6 +14,8 @@
         probe: {of: standard, exits_like: mwbp, epochs: 2}
       - name: deep-l1                   # a deeper network pruned to the MACs of another entry's output
         prune: {from: deep, method: l1, match: "mwbp:final", finetune: {epochs: 2}}
+      - name: mwbp-cascade              # a multi-exit entry run as an early-exit cascade (compact.cascade)
+        cascade: {of: mwbp, thresholds: "0.5:0.999:50"}
 
     claims:                             # the paper's claims the report tests (compact.report.claims)
       - {kind: exits, mwbp: mwbp, against: [standard-probe]}
@@ -36,7 +38,8 @@ TOP_KEYS = {"name", "description", "data", "seeds", "train_defaults", "profile",
 DATA_KEYS = {"name", "data_dir", "download", "subset", "test_subset", "image_size", "workers", "augment", "flip",
              "in_chans"}  # fmt: skip
 PROFILE_KEYS = {"onnx", "batches", "rounds", "repeats", "threads"}
-KINDS = ("train", "probe", "prune")
+KINDS = ("train", "probe", "prune", "cascade")
+CASCADE_KEYS = {"of", "thresholds", "rule", "batch", "latency_images", "rounds"}
 PROBE_KEYS = {"of", "exits_like", "head", *PLACEMENT_KEYS}
 PRUNE_KEYS = {
     "from",
@@ -63,6 +66,8 @@ class Entry:
         """Names of the entries this one needs first."""
         if self.kind == "probe":
             return [r for r in (self.spec["of"], self.spec.get("exits_like")) if r]
+        if self.kind == "cascade":
+            return [self.spec["of"]]
         if self.kind == "prune":
             refs = [self.spec["from"]]
             if self.spec.get("match"):
@@ -210,6 +215,8 @@ def num_outputs(recipe: Recipe, entry: Entry) -> int:
     """How many outputs an entry's network has (final included), known from the recipe alone."""
     if entry.kind == "prune":
         return 1
+    if entry.kind == "cascade":
+        return num_outputs(recipe, recipe.entry(entry.spec["of"]))
     spec = entry.spec
     if entry.kind == "probe" and spec.get("exits_like"):
         return num_outputs(recipe, recipe.entry(spec["exits_like"]))
@@ -225,6 +232,13 @@ def num_outputs(recipe: Recipe, entry: Entry) -> int:
 
 def _check_references(recipe: Recipe, e: Entry, at: str) -> None:
     """What an entry refers to exists and has what the entry needs (checked before anything runs)."""
+    if e.kind == "cascade":
+        of = recipe.entry(e.spec["of"])
+        if of.kind not in ("train", "probe") or num_outputs(recipe, of) < 2:
+            raise CompactError(
+                f"{at}: cascade 'of' must name a trained or probed entry with exits, {of.name!r} is not one"
+            )
+        return
     if e.kind == "probe":
         if recipe.entry(e.spec["of"]).kind != "train":
             raise CompactError(f"{at}: probe 'of' must name a trained entry, {e.spec['of']!r} is not one")
@@ -299,6 +313,8 @@ def _validate(kind: str, spec: dict[str, Any], defaults: dict[str, Any], data: d
         if spec.get("exits_like") is None and not placement:
             raise CompactError(f"{at}: probe needs exits_like or one of {', '.join(PLACEMENT_KEYS)}")
         TrainConfig.from_dict({"model": "x", **schedule, **placement}, f"{at}: probe")
+    elif kind == "cascade":
+        _check_cascade(spec, at)
     else:
         _check_keys(spec, PRUNE_KEYS, f"{at}: prune")
         for key in ("from", "method"):
@@ -329,6 +345,29 @@ def _validate(kind: str, spec: dict[str, Any], defaults: dict[str, Any], data: d
         finetune = _mapping(spec.get("finetune"), f"{at}: prune.finetune")
         _check_keys(finetune, set(TrainConfig.keys()) - {"model", "init_from", "method"}, f"{at}: prune.finetune")
         TrainConfig.from_dict({"model": "x", **finetune}, f"{at}: prune.finetune")
+
+
+def _check_cascade(spec: dict[str, Any], at: str) -> None:
+    from compact.cascade.runtime import RULES
+    from compact.cascade.sweep import parse_thresholds
+
+    _check_keys(spec, CASCADE_KEYS, f"{at}: cascade")
+    if not isinstance(spec.get("of"), str):
+        raise CompactError(f"{at}: cascade needs 'of' (the multi-exit entry to run as a cascade)")
+    try:
+        parse_thresholds(str(spec.get("thresholds", "0.5:0.999:50")))
+    except CompactError as exc:
+        raise CompactError(f"{at}: cascade thresholds: {str(exc).removeprefix('--thresholds ')}") from None
+    if spec.get("rule", "maxprob") not in RULES:
+        raise CompactError(f"{at}: cascade rule must be one of {', '.join(RULES)}, got {spec.get('rule')!r}")
+    for key, default, low, high in (
+        ("batch", 64, 1, 4096),
+        ("latency_images", 256, 0, 100_000),
+        ("rounds", 5, 1, 1000),
+    ):
+        v = spec.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+            raise CompactError(f"{at}: cascade {key} must be an integer in {low}..{high}, got {v!r}")
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -10,6 +10,7 @@ from typing import Any
 from compact._atomic import write_text
 from compact.errors import CompactError
 from compact.recipes.runner import effective_data, entry_dir
+from compact.report.cascade import cascade_series, cascades_markdown
 from compact.report.claims import claims_markdown, evaluate_claims
 from compact.report.collect import RunResults, collect
 from compact.report.curves import curves_data, draw_curves
@@ -66,6 +67,9 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
     curves = curves_data(run, recipe, results.seeds, results.models)
     title = f"{recipe.name}" + (" (SMOKE RUN)" if smoke else "") + (" (INCOMPLETE)" if results.missing else "")
     plots = {axis: pareto_data(results, axis) for axis in ("macs", "latency")}
+    for axis, data in plots.items():  # cascades are drawn beside the models, off the front (a sweep, not a model)
+        data["series"] += cascade_series(results, axis)
+    lines += cascades_markdown(results, budget)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str | None] = {}
     for axis, data in plots.items():

@@ -7,6 +7,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from compact.errors import CompactError
+
 
 def _latency(row: dict[str, Any], batch: str) -> str:
     lat = row.get("latency_ms_per_image") or {}
@@ -125,3 +127,94 @@ def draw_cascade(result: dict[str, Any], stem: Path, title: str = "early-exit ca
         name = "macs" if axis == "macs" else f"latency_b{axis.partition(':')[2]}"
         written += save_figure(fig, stem.with_name(f"{stem.name}_{name}"))
     return written
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def cascade_over_seeds(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per threshold, the mean over seeds of error, exit shares, mean MACs and latency (the seeds' sweeps
+    share their thresholds); error spread as min..max. Static outputs likewise."""
+    studies = [by_seed[s] for s in sorted(by_seed)]
+    thresholds = [r["threshold"] for r in studies[0]["rows"]]
+    if any([r["threshold"] for r in s["rows"]] != thresholds for s in studies):
+        raise CompactError("the seeds' cascade sweeps have different thresholds; run them with one recipe")
+    rows = []
+    for k, t in enumerate(thresholds):
+        per = [s["rows"][k] for s in studies]
+        errors = [r["error_pct"] for r in per]
+        lat_keys = sorted({b for r in per for b in (r.get("latency_ms_per_image") or {})}, key=int)
+        rows.append(
+            {
+                "threshold": t,
+                "error_pct": _mean(errors),
+                "error_min": min(errors),
+                "error_max": max(errors),
+                "exit_share": [_mean([r["exit_share"][i] for r in per]) for i in range(len(per[0]["exit_share"]))],
+                "mean_macs": _mean([r["mean_macs"] for r in per]),
+                "mean_macs_conv_linear": _mean([r["mean_macs_conv_linear"] for r in per]),
+                "latency_ms_per_image": {
+                    b: _mean([(r.get("latency_ms_per_image") or {}).get(b) for r in per]) for b in lat_keys
+                },
+            }
+        )
+    static = []
+    for k, s0 in enumerate(studies[0]["static"]):
+        per = [s["static"][k] for s in studies]
+        lat_keys = sorted({b for r in per for b in (r.get("latency_ms_per_image") or {})}, key=int)
+        static.append(
+            {
+                "output": s0["output"],
+                "name": s0["name"],
+                "error_pct": _mean([r["error_pct"] for r in per]),
+                "macs": s0["macs"],
+                "macs_conv_linear": s0["macs_conv_linear"],
+                "latency_ms_per_image": {
+                    b: _mean([(r.get("latency_ms_per_image") or {}).get(b) for r in per]) for b in lat_keys
+                },
+            }
+        )
+    lat = next((s.get("latency") for s in studies if s.get("latency")), None)
+    return {
+        "seeds": sorted(by_seed),
+        "rule": studies[0]["rule"],
+        "temperatures": None,
+        "test_images": studies[0]["test_images"],
+        "exit_macs": studies[0]["exit_macs"],
+        "rows": rows,
+        "static": static,
+        "latency": lat,
+    }
+
+
+def cascade_series(results: Any, axis: str) -> list[dict[str, Any]]:
+    """Pareto-plot series of every cascade entry (mean over seeds): error against mean conv+linear MACs
+    (millions) or against measured ms per image at batch 1."""
+    series = []
+    for name, c in results.cascades.items():
+        agg = cascade_over_seeds(c["by_seed"])
+        xs, ys, labels = [], [], []
+        for r in agg["rows"]:
+            x = r["mean_macs_conv_linear"] / 1e6 if axis == "macs" else r["latency_ms_per_image"].get("1")
+            if x is not None and r["error_pct"] is not None:
+                xs.append(x)
+                ys.append(r["error_pct"])
+                labels.append(f"{c['label']} @ {r['threshold']:.4g}")
+        if xs:
+            series.append({"label": c["label"], "kind": "cascade", "entry": name, "models": labels, "x": xs, "y": ys,
+                           "yerr": [None] * len(xs)})  # fmt: skip
+    return series
+
+
+def cascades_markdown(results: Any, budget: str) -> list[str]:
+    """The report's section on cascade entries: one sweep table per entry (mean over seeds)."""
+    if not results.cascades:
+        return []
+    lines = ["## Early-exit cascades", "", budget, ""]
+    for c in results.cascades.values():
+        agg = cascade_over_seeds(c["by_seed"])
+        text = cascade_markdown(agg, f"{c['label']} (cascade of {c['of']}; mean over seeds {agg['seeds']})")
+        lines += ["#" + text]
+    return lines

@@ -71,6 +71,10 @@ def check_claims(raw: Any, entries: dict[str, Any], where: str) -> list[dict[str
             raise CompactError(f"{at}: mwbp must name a trained entry, {mwbp!r} is a {entries[mwbp].kind} entry")
         for name in against:
             kind_of = entries[name].kind
+            if kind_of == "cascade":
+                raise CompactError(
+                    f"{at}: claims compare trained, probed or pruned models; {name!r} is a cascade entry"
+                )
             if kind == "pruned" and kind_of != "prune":
                 raise CompactError(
                     f"{at}: a 'pruned' claim compares against pruned entries; {name!r} is a {kind_of} entry"

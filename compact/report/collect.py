@@ -83,6 +83,8 @@ class RunResults:
     missing: list[str]
     seeds: list[int]
     failed: list[str] = field(default_factory=list)
+    #: cascade entries: name -> {"label", "of", "by_seed": {seed: the stored study}}
+    cascades: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -131,6 +133,37 @@ def _add_profile(model: Model, profile_path: Path, missing: list[str]) -> None:
             model.latency.setdefault(f"{runtime}/{batch}", []).append(median)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_study(result: dict[str, Any], path: Path) -> None:
+    """A stored cascade study has the fields the report reads, with numbers where numbers belong."""
+    rows, static = _field(result, "rows", path, list), _field(result, "static", path, list)
+    _field(result, "rule", path, str)
+    if not rows or not static:
+        raise CompactError(f"{path} is damaged: no sweep rows or static outputs")
+    width = None
+    for r in rows + static:
+        ok = isinstance(r, dict) and _number(r.get("error_pct"))
+        lat = r.get("latency_ms_per_image", {}) if ok else None
+        ok = ok and isinstance(lat, dict) and all(str(b).isdigit() and _number(v) for b, v in lat.items())
+        if ok and "threshold" in r:
+            shares = r.get("exit_share")
+            numbers = all(_number(r.get(k)) for k in ("threshold", "mean_macs", "mean_macs_conv_linear"))
+            ok = numbers and isinstance(shares, list) and all(_number(v) for v in shares)
+            ok = ok and width in (None, len(shares))
+            width = len(shares) if ok else width
+        elif ok:
+            ok = (
+                isinstance(r.get("name"), str)
+                and isinstance(r.get("output"), int)
+                and all(_number(r.get(k)) for k in ("macs", "macs_conv_linear"))
+            )
+        if not ok:
+            raise CompactError(f"{path} is damaged or from another version: a sweep or static row is malformed")
+
+
 def _add_error(m: Model, value: Any, seed: int, failed: list[str]) -> None:
     err = _error_value(value)
     if err is None:
@@ -152,11 +185,21 @@ def collect(run: Path) -> RunResults:
     missing: list[str] = []
     failed: list[str] = []
     seeds = seeds_of(recipe, bool(settings.get("smoke")))
+    cascades: dict[str, dict[str, Any]] = {}
     for entry in recipe.entries:
         for seed in seeds:
             folder = entry_dir(run, entry.name, seed)
             if not (folder / DONE).is_file():
                 missing.append(f"{entry.name} seed {seed} (not finished)")
+                continue
+            if entry.kind == "cascade":
+                path = folder / "cascade.json"
+                result = _read(path)
+                _check_study(result, path)
+                if "latency" not in result:
+                    missing.append(f"{entry.name} seed {seed} (cascade not timed)")
+                c = cascades.setdefault(entry.name, {"label": entry.label, "of": entry.spec["of"], "by_seed": {}})
+                c["by_seed"][seed] = result
                 continue
             if entry.kind == "prune":
                 path = folder / "prune.json"
@@ -185,4 +228,4 @@ def collect(run: Path) -> RunResults:
                 )
                 _add_error(m, row["test_error_pct"], seed, failed)
                 _add_profile(m, folder / "exports" / f"output{k}.profile.json", missing)
-    return RunResults(recipe, settings, list(models.values()), missing, seeds, failed)
+    return RunResults(recipe, settings, list(models.values()), missing, seeds, failed, cascades)

@@ -85,6 +85,9 @@ def draw(data: dict[str, Any], title: str, path_stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     markers = "osD^v<>ph*"
     for i, s in enumerate(data["series"]):
+        if s["kind"] == "cascade":  # a threshold sweep: many points, no error bars
+            ax.plot(s["x"], s["y"], linestyle=":", marker=".", markersize=4, label=f"{s['label']} (threshold sweep)")
+            continue
         style = "-" if s["kind"] == "curve" else "none"
         ax.errorbar(
             s["x"],
