@@ -16,7 +16,15 @@ from compact.errors import CompactError
 
 #: Class names recognised as blocks, by family (matched on the class name, so no import is needed).
 BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
-    "residual": ("BasicBlock", "Bottleneck", "PreBasicBlock", "ResBottleneck", "BottleneckBlock"),
+    "residual": (
+        "BasicBlock",
+        "Bottleneck",
+        "PreBasicBlock",
+        "ResBottleneck",
+        "BottleneckBlock",
+        "WideBasic",
+        "ResNeXtBottleneck",
+    ),
     "inverted residual": (
         "InvertedResidual",
         "DepthwiseSeparableConv",
@@ -24,7 +32,7 @@ BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
         "UniversalInvertedResidual",
         "CondConvResidual",
     ),
-    "dense": ("_DenseBlock", "DenseBlock"),
+    "dense": ("_DenseBlock", "DenseBlock", "DenseLayer"),  # DenseLayer: compact's, returns the concatenation
 }
 _ALL = {name for names in BLOCK_CLASSES.values() for name in names}
 
