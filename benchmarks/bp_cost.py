@@ -7,6 +7,13 @@ share of the measured standard backward spent below exit ``i`` (timed with gradi
 
 compact's glibc malloc tuning (compact/_malloc.py) is applied to every method unless --no-malloc-tuning.
 
+Counted MACs of one iteration (the paper's Table 9, which counts forward MAdds of MW-BP's shared forward
+against naive MW-BP's separate forwards): from fvcore's forward counts of each output's sub-model ``F_i``
+(layers 0..L_i and head i; ``F_all`` the shared forward of every output), with the usual estimate that a
+backward pass costs twice the forward of the layers it reaches (gradients of inputs and of weights):
+standard ``3 F_K``; Joint ``3 F_all``; Relay ``F_all + sum_i 2 (segments i-c..i + head i)``; MW-BP and
+reverse ``F_all + sum_i 2 F_i``; naive and naive-reverse ``sum_i 3 F_i``. Printed next to the measured times.
+
 Peak memory (after the timing, one method at a time): on CUDA, ``torch.cuda.max_memory_allocated`` during
 one iteration; on CPU, the peak resident set (VmHWM) of a fresh process during its first iteration, minus
 its resident set before it (default malloc settings, so nothing is retained from other methods).
@@ -49,6 +56,38 @@ def build(method: str, device: str, num_outputs: int):
     torch.manual_seed(0)
     net = attach_exits(create_model(MODEL[0]), num_outputs).to(device).train()
     return net, create_method(method, net)
+
+
+def counted_macs(num_outputs: int, batch: int, c: int = 1) -> dict:
+    """MACs of one training iteration per method, counted (see the module docstring), for ``batch`` images."""
+    from compact.exits.standalone import extract_exit
+    from compact.profile import count
+
+    torch.manual_seed(0)
+    net = attach_exits(create_model(MODEL[0]), num_outputs).eval()
+    size = (3, 32, 32)
+    f = [count(extract_exit(net, i), size).macs for i in range(num_outputs)]  # F_i: trunk 0..L_i + head i
+    heads = [count(h, tuple(net.features(torch.zeros(1, *size))[n].shape[1:])).macs
+             for h, n in zip(net.heads, net.exit_nodes, strict=True)]  # fmt: skip
+    trunk = [f[i] - (heads[i] if i < len(heads) else 0) for i in range(num_outputs)]  # layers 0..L_i alone
+    segment = [trunk[0]] + [trunk[i] - trunk[i - 1] for i in range(1, num_outputs)]
+    shared = trunk[-1] + sum(heads)
+    head = heads + [0]
+    relay = shared + sum(2 * (sum(segment[max(0, i - c) : i + 1]) + head[i]) for i in range(num_outputs))
+    per_image = {
+        "standard": 3 * f[-1],
+        "joint": 3 * shared,
+        "relay": relay,
+        "mwbp": shared + sum(2 * fi for fi in f),
+        "reverse-mwbp": shared + sum(2 * fi for fi in f),
+        "naive-mwbp": sum(3 * fi for fi in f),
+        "naive-reverse-mwbp": sum(3 * fi for fi in f),
+    }
+    return {
+        "forward_shared": shared * batch,
+        "forward_naive": sum(f) * batch,
+        "iteration": {m: v * batch for m, v in per_image.items()},
+    }
 
 
 def floor_probe(net, x, y, device):
@@ -158,17 +197,21 @@ def main() -> None:
     floor_ms = 1000 * (t_fwd + sum(t_bwd - r for r in reach) + t_bwd)
     ratio = {n: ms[n] / ms["standard"] for n in ORDER}
     mem = {} if args.no_memory else {n: peak_memory_mb(n, args.batch, dev, args.outputs) for n in ORDER}
+    macs = counted_macs(args.outputs, args.batch)
+    it = macs["iteration"]
 
     print(
         f"\n{args.model}, {args.outputs} losses, batch {args.batch}, device {dev}, "
         f"threads {torch.get_num_threads()}, malloc tuning {'on' if tuned else 'off'}, "
         f"{args.rounds} timed rounds (median, min-max)"
     )
-    print(f"{'method':<20}{'ms/iter':>10}{'min-max':>18}{'x standard':>12}{'peak MB':>10}")
+    print(f"{'method':<20}{'ms/iter':>10}{'min-max':>18}{'x standard':>12}{'peak MB':>10}{'GMACs/iter':>12}"
+          f"{'x standard':>12}")  # fmt: skip
     for n in ORDER:
         lo, hi = spread[n]
         m = f"{mem[n]:.0f}" if n in mem else "-"
-        print(f"{n:<20}{ms[n]:>10.1f}{f'{lo:.0f}-{hi:.0f}':>18}{ratio[n]:>12.2f}{m:>10}")
+        counted = f"{it[n] / 1e9:>12.2f}{it[n] / it['standard']:>12.2f}" if n in it else f"{'-':>12}{'-':>12}"
+        print(f"{n:<20}{ms[n]:>10.1f}{f'{lo:.0f}-{hi:.0f}':>18}{ratio[n]:>12.2f}{m:>10}{counted}")
     print(
         f"shared forward {1000 * t_fwd:.1f} ms, standard backward {1000 * t_bwd:.1f} ms, "
         f"backward reaches exits after {[round(1000 * r, 1) for r in reach]} ms"
@@ -177,6 +220,14 @@ def main() -> None:
         f"MW-BP floor {floor_ms:.1f} ms ({floor_ms / ms['standard']:.2f}x standard); "
         f"MW-BP / floor = {ms['mwbp'] / floor_ms:.3f}; paper's estimate (K/2+1) = {(args.outputs - 1) / 2 + 1:.1f}x"
     )
+    fwd_ratio = macs["forward_naive"] / macs["forward_shared"]
+    naive = {n: round(ms[n] / ms[n.replace("naive-", "")], 3) for n in ORDER if n.startswith("naive-")}
+    print(
+        f"Table 9 (forward MACs, batch {args.batch}): shared {macs['forward_shared'] / 1e9:.2f}G, naive (a forward "
+        f"per loss) {macs['forward_naive'] / 1e9:.2f}G = {fwd_ratio:.2f}x (paper, MwResNet-56-5 on CIFAR-10: "
+        f"415.88M vs 125.75M MAdds = 3.31x, 51.78 vs 17.10 ms = 3.03x); a training iteration counts "
+        f"{it['naive-mwbp'] / it['mwbp']:.2f}x and measures {ms['naive-mwbp'] / ms['mwbp']:.2f}x (naive / MW-BP)"
+    )
     print(
         json.dumps(
             {
@@ -184,6 +235,10 @@ def main() -> None:
                 "ratio_to_standard": {n: round(ratio[n], 3) for n in ORDER},
                 "mwbp_floor_ratio": round(ms["mwbp"] / floor_ms, 3),
                 "peak_mem_mb": {n: round(v, 1) for n, v in mem.items()},
+                "counted_macs_per_iter": it,
+                "counted_ratio_to_standard": {n: round(v / it["standard"], 3) for n, v in it.items()},
+                "forward_macs": {"shared": macs["forward_shared"], "naive": macs["forward_naive"]},
+                "naive_over_mwbp_measured": naive,
             }
         )
     )

@@ -38,6 +38,12 @@ def test_bp_cost_quick_times_every_method_and_the_mwbp_floor():
     trainable = {m for m in list_methods() if not METHODS.get(m).needs_trained_trunk}
     assert set(figures["ms_per_iter"]) == trainable
     assert figures["ratio_to_standard"]["standard"] == 1.0 and figures["mwbp_floor_ratio"] > 0
+    # Table 9: counted MACs of one iteration; the shared forward saves what naive MW-BP computes per loss
+    counted = figures["counted_ratio_to_standard"]
+    assert set(counted) == trainable and counted["standard"] == 1.0
+    assert 1 < counted["mwbp"] < counted["naive-mwbp"] and counted["joint"] < counted["relay"]
+    fwd = figures["forward_macs"]
+    assert fwd["naive"] / fwd["shared"] == pytest.approx(2.0, abs=0.1)  # exits at 7, 13 and 20 of 20 layers
 
 
 def test_cascade_overhead_quick_times_the_cascade_against_the_full_graph():

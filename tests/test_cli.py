@@ -57,7 +57,7 @@ def test_exits_json_for_resnet56(capsys):
         (["exits", "--model", "resnet57", "--exits", "3"], "unknown model 'resnet57'"),
         (["exits", "--model", "cifar_resnet20", "--exits", "12"], "only 9 blocks"),
         (["exits", "--model", "cifar_resnet20", "--exit-blocks", "4,2"], "strictly increasing"),
-        (["exits", "--model", "cifar_resnet20", "--exits", "3", "--nu", "0"], "nu must be"),
+        (["exits", "--model", "cifar_resnet20", "--exits", "3", "--nu", "-1"], "nu must be"),
         (["exits", "--model", "cifar_resnet20", "--exits", "3", "--head", "x"], "valid head types"),
         (["exits", "--model", "cifar_resnet20", "--exits", "3", "--schedule", "x"], "adaptive-2"),
         (["exits", "--model", "cifar_resnet20", "--exits", "3", "--exit-blocks", "2"], "only one of"),

@@ -94,9 +94,11 @@ def test_recipe_files_missing_or_not_yaml(tmp_path, capsys):
     assert "is not valid YAML" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "name", ["demo", "fmnist-resnet", "fmnist-convergence", "fmnist-converged", "cifar10-resnet", "imagenet-resnet"]
-)
+SHIPPED = ["demo", "fmnist-resnet", "fmnist-convergence", "fmnist-converged", "fmnist-ablation-nu",
+           "fmnist-ablation-losses", "cifar10-resnet", "cifar10-table1", "imagenet-resnet"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipes_parse_and_load_by_name(name):
     recipe = load_recipe(name)
     assert recipe.name == name and recipe.ordered()
@@ -308,3 +310,47 @@ def test_a_damaged_cascade_study_is_a_clear_report_error(demo_run, tmp_path, cap
     path.write_text(json.dumps(study))
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
     assert "cascade.json is damaged" in capsys.readouterr().err
+
+
+def test_cifar10_table1_covers_every_row_and_runs_with_smoke(tmp_path):
+    """Every row of the paper's Table 1 is an entry; one entry per network (its standard baseline and its
+    MW-BP row) runs with --smoke on stand-in data at 8x8 (the whole recipe takes minutes on a CPU)."""
+    recipe = load_recipe("cifar10-table1")
+    rows = {(e.spec["model"], e.spec["method"], e.spec.get("exits")) for e in recipe.entries}
+    paper = {("cifar_resnet44", 2), ("cifar_resnet56", 2), ("cifar_resnet44", 3), ("cifar_resnet56", 3),
+             ("cifar_resnet56", 5), ("cifar_resnet110", 5), ("cifar_mobilenet_v2", 3), ("cifar_wrn28_10", 2),
+             ("cifar_resnext29_8x64d", 3), ("cifar_densenet_bc100", 4)}  # fmt: skip
+    for model, k in paper:
+        assert {(model, m, k) for m in ("joint", "relay", "mwbp")} <= rows
+        assert (model, "standard", None) in rows
+    assert len(recipe.claims) == len(paper)
+    raw = dict(recipe.source)
+    first = {}
+    for e in raw["entries"]:
+        first.setdefault((e["train"]["model"], e["train"]["method"]), e)
+    raw["entries"] = [e for e in first.values() if e["train"]["method"] in ("standard", "mwbp")]
+    raw["claims"] = [c for c in raw["claims"] if c["mwbp"] in {e["name"] for e in raw["entries"]}]
+    for c in raw["claims"]:
+        c["against"] = c["against"][:1]
+    raw["profile"] = {**raw["profile"], "onnx": False}  # ONNX of each network: tests/test_cifar_nets.py
+    (tmp_path / "t1.yaml").write_text(yaml.safe_dump(raw))
+    fake_cifar10_py(tmp_path / "cifar", n=20)
+    out = tmp_path / "run"
+    argv = ["run", str(tmp_path / "t1.yaml"), "--smoke", "--data-dir", str(tmp_path / "cifar"), "--image-size", "8",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["report", str(out)]) == 0
+    table = json.loads((out / "report" / "table.json").read_text())
+    assert {"DenseNet-BC-100", "MW-BP WideResNet-28-10-2, final"} <= {row["model"] for row in table}
+
+
+@needs_fmnist
+@pytest.mark.parametrize("name", ["fmnist-ablation-nu", "fmnist-ablation-losses"])
+def test_ablation_recipes_run_with_smoke_and_test_their_claims(name, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", name, "--smoke", "--out", str(out), "--no-progress"]) == 0
+    assert main(["report", str(out)]) == 0
+    claims = json.loads((out / "report" / "claims.json").read_text())
+    table = "Table 7" if name.endswith("nu") else "Table 8"
+    assert claims["comparisons"] and {r["table"] for r in claims["comparisons"]} == {table}
+    assert all(r["verdict"] == "inconclusive" for r in claims["comparisons"])  # one smoke seed decides nothing

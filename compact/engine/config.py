@@ -236,8 +236,8 @@ def _check_types(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and (not value or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
             raise CompactError(f"{key} must be a non-empty list of {'names' if kind is str else 'integers'}")
-    if cfg.nu is not None and (not _is_number(cfg.nu) or cfg.nu <= 0):
-        raise CompactError(f"nu must be a number > 0, got {cfg.nu!r}")
+    if cfg.nu is not None and (not _is_number(cfg.nu) or not 0 <= cfg.nu <= 100):
+        raise CompactError(f"nu must be a number in [0, 100] (0: equal weights), got {cfg.nu!r}")
     if any(len(str(getattr(cfg, k) or "")) > 4096 for k in ("model", "init_from", "data", "data_dir", "device")):
         raise CompactError("a name or path in the configuration is longer than 4096 characters")
 

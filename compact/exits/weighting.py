@@ -1,7 +1,8 @@
 """Loss weights of the MW-BP paper (Eq. 5) and their schedules (Section 6.2).
 
 For auxiliary losses ``i = 0..K-1`` attached at depth ``L_i`` (weighted layers from the input),
-``gamma_i = max(0.01, (L_i / L_{K-1}) ** nu)``; the final loss has ``gamma_K = 1``.
+``gamma_i = max(0.01, (L_i / L_{K-1}) ** nu)``; the final loss has ``gamma_K = 1``. ``nu = 0`` weighs
+every loss 1 (the paper's Table 7 baseline).
 
 Schedules change ``nu`` at each learning-rate decay:
 
@@ -43,8 +44,8 @@ def loss_weights(depths: Sequence[int], nu: float) -> list[float]:
 
     ``depths`` lists every output's depth, shallow to deep, final last. The final weight is 1.
     """
-    if not math.isfinite(nu) or nu <= 0:
-        raise CompactError(f"nu must be a finite number > 0, got {nu}")
+    if not math.isfinite(nu) or nu < 0:
+        raise CompactError(f"nu must be a finite number >= 0 (0: every loss weighs 1), got {nu}")
     if len(depths) < 1:
         raise CompactError("loss_weights needs at least the final output's depth")
     aux = list(depths[:-1])

@@ -8,6 +8,9 @@ A recipe lists its claims::
       - {kind: final, mwbp: mwbp, against: [standard, joint, relay]}         # Table 1
       - {kind: pruned, mwbp: mwbp, against: [deep-l1, deep-fpgm, deep-sfp]}  # Table 3
 
+An ablation compares MW-BP networks with each other under the same kinds, naming its table and what it
+claims: ``{kind: final, mwbp: nu2, against: [nu0, nu5], table: Table 7, note: "nu = 2 is best"}``.
+
 Each comparison is a paired difference over seeds (:mod:`compact.report.stats`): MW-BP's error minus the
 other model's; the claim (MW-BP is better) *holds*, is *reversed* or is *inconclusive*.
 """
@@ -33,7 +36,7 @@ CLAIM_KINDS = {
         "latencies are within 10%, at matched latency)",
     ),
 }
-CLAIM_KEYS = {"kind", "mwbp", "against", "note"}
+CLAIM_KEYS = {"kind", "mwbp", "against", "note", "table"}
 #: latencies within this relative difference count as matched (Table 3 at matched latency)
 LATENCY_MATCH = 0.10
 LATENCY_KEY = "onnxruntime/1"
@@ -81,7 +84,13 @@ def check_claims(raw: Any, entries: dict[str, Any], where: str) -> list[dict[str
                 )
             if kind != "pruned" and kind_of == "prune":
                 raise CompactError(f"{at}: a '{kind}' claim compares networks with exits; {name!r} is a pruned entry")
-        claims.append({"kind": kind, "mwbp": mwbp, "against": list(against), "note": str(c.get("note", ""))})
+        table = c.get("table", CLAIM_KINDS[kind][0])
+        if not isinstance(table, str) or not 0 < len(table) <= 40:
+            raise CompactError(f"{at}: table names the paper's table in a few words (e.g. 'Table 7'), got {table!r}")
+        note = c.get("note", "")
+        if not isinstance(note, str) or len(note) > 300:
+            raise CompactError(f"{at}: note must be a text of at most 300 characters")
+        claims.append({"kind": kind, "mwbp": mwbp, "against": list(against), "note": note, "table": table})
     return claims
 
 
@@ -93,7 +102,7 @@ def _by_entry(models: Sequence[Any]) -> dict[str, list[Any]]:
 
 
 def _row(claim: dict, a: Any, b: Any | None, what: str, missing: str = "") -> dict[str, Any]:
-    table, _ = CLAIM_KINDS[claim["kind"]]
+    table = claim.get("table") or CLAIM_KINDS[claim["kind"]][0]
     row = {"claim": claim["kind"], "table": table, "comparison": what, "mwbp": a.name if a else None,
            "other": b.name if b else None}  # fmt: skip
     if a is None or b is None or missing:
@@ -152,9 +161,9 @@ def claims_markdown(rows: Sequence[dict[str, Any]], claims: Sequence[dict[str, A
     lines = ["## Paper's claims", ""]
     if smoke:
         lines += ["**SMOKE RUN: verdicts computed from one batch of training; they test the code, not the paper.**", ""]
-    for kind in dict.fromkeys(c["kind"] for c in claims):
-        table, text = CLAIM_KINDS[kind]
-        lines.append(f"- {table}: {text}.")
+    for table, kind, note in dict.fromkeys((c.get("table") or CLAIM_KINDS[c["kind"]][0], c["kind"], c.get("note"))
+                                           for c in claims):  # fmt: skip
+        lines.append(f"- {table}: {note or CLAIM_KINDS[kind][1]}.")
     lines += [
         "",
         "Difference = MW-BP's test error minus the other model's, in percentage points, paired by seed (the same "
