@@ -94,7 +94,7 @@ def test_recipe_files_missing_or_not_yaml(tmp_path, capsys):
     assert "is not valid YAML" in capsys.readouterr().err
 
 
-SHIPPED = ["demo", "fmnist-resnet", "fmnist-convergence", "fmnist-converged", "fmnist-ablation-nu",
+SHIPPED = ["demo", "fmnist-convergence", "fmnist-converged", "fmnist-ablation-nu",
            "fmnist-ablation-losses", "cifar10-resnet", "cifar10-table1", "imagenet-resnet"]  # fmt: skip
 
 
