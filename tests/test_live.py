@@ -62,15 +62,6 @@ def _tiny_net():
     return attach_exits(create_model("cifar_resnet20", in_chans=1), 3, input_size=(1, 12, 12))
 
 
-def test_mwbp_refuses_autocast():
-    net = _tiny_net().train()
-    m = create_method("mwbp", net)
-    x, y = torch.randn(4, 1, 12, 12), torch.randint(0, 10, (4,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        with pytest.raises(CompactError, match="autocast"):
-            m.step(x, y)
-
-
 def test_mwbp_refuses_torch_compile():
     net = _tiny_net()
     net.backbone.layer2.compile()

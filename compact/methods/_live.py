@@ -16,9 +16,13 @@ forward that treat the two kinds differently:
 - every other saved tensor (activations, BatchNorm batch statistics, masks) is kept as saved, and its
   version counter is checked on unpack, so a genuine in-place modification of a feature between forward
   and backward still raises, as autograd's own check would.
-- a saved tensor that requires grad but does not depend on the input batch is a value *computed from*
-  parameters (a standardized weight, an autocast low-precision copy). Its stored value would be the
-  forward-time weight, silently breaking Eq. 10, so it is refused with :class:`NonLiveWeightError`.
+- a saved tensor that is a dtype cast of a parameter (autocast's low-precision weight copies), or a view
+  of such a cast (``w_bf16.t()`` of a linear layer), is unpacked as the same cast of the parameter's
+  *current* value (and the same view of it): backward ``i`` runs through ``U^i`` in the precision autocast
+  chose, so MW-BP stays exact under mixed precision.
+- any other saved tensor that requires grad but does not depend on the input batch is a value *computed
+  from* parameters (a standardized weight). Its stored value would be the forward-time weight, silently
+  breaking Eq. 10, so it is refused with :class:`NonLiveWeightError`.
   To tell activations from such values, the input batch is made to require grad during the forward;
   backward passes name their ``inputs`` so no gradient is ever computed for it.
 
@@ -58,6 +62,40 @@ class _Param:
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor  # a detached alias of the parameter (or of its view): same storage
+
+
+class _Cast:
+    __slots__ = ("param", "dtype", "view")
+
+    def __init__(self, param: torch.Tensor, dtype: torch.dtype, view: tuple | None) -> None:
+        self.param = param  # detached alias of the parameter
+        self.dtype = dtype
+        self.view = view  # (size, stride, offset) of a view of the cast, or None for the cast itself
+
+    def value(self) -> torch.Tensor:
+        cast = self.param.to(self.dtype)
+        if self.view is None:
+            return cast
+        size, stride, offset = self.view
+        return cast.as_strided(size, stride, cast.storage_offset() + offset)
+
+
+def _cast_of_parameter(t: torch.Tensor, storages: set[int]) -> _Cast | None:
+    """A :class:`_Cast` if ``t`` is a dtype cast of a parameter in ``storages`` (or a view of one)."""
+    base = t._base if t._is_view() and t._base is not None else t
+    fn = base.grad_fn
+    if fn is None or type(fn).__name__ != "ToCopyBackward0":
+        return None
+    sources = [f for f, _ in fn.next_functions if f is not None]
+    if len(sources) != 1 or type(sources[0]).__name__ != "AccumulateGrad":
+        return None
+    param = sources[0].variable
+    if param.untyped_storage().data_ptr() not in storages or base.shape != param.shape or base.dtype == param.dtype:
+        return None
+    if base.stride() != param.stride():
+        return None  # a cast that changed the memory layout: not rebuilt by a plain .to(dtype)
+    view = None if base is t else (tuple(t.size()), tuple(t.stride()), t.storage_offset() - base.storage_offset())
+    return _Cast(param.detach(), base.dtype, view)
 
 
 class _Saved:
@@ -101,12 +139,15 @@ def live_parameters(parameters: Iterable[torch.Tensor], batch: torch.Tensor) -> 
     def pack(t: torch.Tensor):
         if t.untyped_storage().data_ptr() in storages:
             return _Param(t.detach())
+        cast = _cast_of_parameter(t, storages) if t.requires_grad else None
+        if cast is not None:
+            return cast
         if t.requires_grad and t.grad_fn is not None and not _depends_on_input(t.grad_fn, batch):
             raise NonLiveWeightError(
                 f"MW-BP cannot be exact here: a tensor of shape {tuple(t.shape)} computed from parameters "
                 f"(by {type(t.grad_fn).__name__}) is saved for backward, so later backward passes would use "
                 "its forward-time value instead of the updated weights. This happens with weight "
-                "standardization/reparametrization and with autocast; use plain weights and float32."
+                "standardization/reparametrization; use plain weights."
             )
         origin = type(t.grad_fn).__name__ if t.grad_fn is not None else "input or buffer"
         return _Saved(t.detach(), t._version, origin)
@@ -114,6 +155,8 @@ def live_parameters(parameters: Iterable[torch.Tensor], batch: torch.Tensor) -> 
     def unpack(packed):
         if isinstance(packed, _Param):
             return packed.tensor
+        if isinstance(packed, _Cast):
+            return packed.value()
         if packed.tensor._version != packed.version:
             raise SavedTensorModifiedError(
                 f"a tensor of shape {tuple(packed.tensor.shape)} saved for backward (output of "
@@ -137,13 +180,3 @@ def refuse_compiled(module: nn.Module) -> None:
             )
     if torch.compiler.is_compiling():
         raise CompactError("MW-BP steps cannot be traced by torch.compile; call them uncompiled")
-
-
-def refuse_autocast() -> None:
-    """Raise if autocast is active: it saves low-precision copies of the weights for backward."""
-    for device in ("cpu", "cuda"):
-        if torch.is_autocast_enabled(device):
-            raise CompactError(
-                f"autocast is enabled on {device}; MW-BP under autocast would backpropagate through the "
-                "forward-time low-precision copies of the weights, not the updated ones. Train in float32."
-            )

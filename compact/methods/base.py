@@ -3,11 +3,19 @@
 A method owns its optimizers (plain ``torch.optim.SGD``; MW-BP has one per loss) and performs one training
 iteration in :meth:`BPMethod.step`. It knows nothing about data, epochs or files: the training engine calls
 ``set_lr`` when the schedule changes the learning rate, ``on_lr_decay`` at each decay (adaptive loss
-weights), ``step`` for each batch, and ``state_dict``/``load_state_dict`` for checkpoints.
+weights), ``train_step`` for each batch (``step`` under the chosen precision), and
+``state_dict``/``load_state_dict`` for checkpoints.
+
+Mixed precision (:meth:`BPMethod.set_precision`): the step runs under ``torch.autocast`` in bfloat16 or
+float16 (parameters, gradients and optimizer state stay float32). float16 scales every loss before its
+backward (``torch.amp.GradScaler``). A method that makes several updates per iteration (MW-BP) checks each
+update's gradients on its own: an update whose gradients overflowed is skipped, the other updates of the
+iteration are applied, and the scale is reduced once at the end of the iteration.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -90,6 +98,11 @@ class BPMethod(ABC):
         self.after_update: Callable[[int, list[nn.Parameter]], None] | None = None
         self.lr = float(self.sgd.lr)
         self.optimizers: list[torch.optim.Optimizer] = self._build_optimizers()
+        #: autocast dtype (None: float32) and loss scaler (float16), see :meth:`set_precision`
+        self.autocast_dtype: torch.dtype | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        #: updates skipped because their gradients overflowed (float16 loss scaling)
+        self.skipped_updates = 0
 
     # -- to implement -------------------------------------------------------------------------------
     @abstractmethod
@@ -116,12 +129,45 @@ class BPMethod(ABC):
             groups, lr=self.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
         )
 
+    # -- precision -----------------------------------------------------------------------------------
+    def set_precision(self, dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Run steps under autocast in ``dtype`` (None: float32), scaling losses with ``scaler`` (float16)."""
+        if dtype not in (None, torch.bfloat16, torch.float16):
+            raise CompactError(f"precision must be float32, bfloat16 or float16, got {dtype}")
+        self.autocast_dtype, self.scaler = dtype, scaler
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """:meth:`step` under the method's precision; the loss scale is updated once per iteration."""
+        if self.autocast_dtype is None:
+            context = contextlib.nullcontext()
+        else:
+            context = torch.autocast(x.device.type, dtype=self.autocast_dtype)
+        with context:
+            out = self.step(x, y)
+        if self.scaler is not None:
+            self.scaler.update()
+        return out
+
+    def _backward(self, loss: torch.Tensor, inputs=None, retain_graph: bool = False) -> None:
+        """Backward of ``loss`` (scaled when float16 loss scaling is on) into ``inputs`` (default: all)."""
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        torch.autograd.backward(loss, inputs=inputs, retain_graph=retain_graph)
+
     def _apply_update(self, opt: torch.optim.Optimizer) -> None:
-        """Step ``opt`` after the gradients of its parameters are synchronised (when distributed)."""
+        """Step ``opt`` after the gradients of its parameters are synchronised (when distributed); with loss
+        scaling, the scaler unscales them and skips the step if they overflowed (on every process alike:
+        the synchronised gradients carry the overflow)."""
         params = [p for g in opt.param_groups for p in g["params"]]
         if self.grad_sync is not None:
             self.grad_sync(params)
-        opt.step()
+        if self.scaler is not None:
+            self.scaler.step(opt)  # unscales in place; skips the step if a gradient is not finite
+            if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+                self.skipped_updates += 1
+                return
+        else:
+            opt.step()
         if self.after_update is not None:
             self.after_update(next(i for i, o in enumerate(self.optimizers) if o is opt), params)
 

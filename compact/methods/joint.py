@@ -20,6 +20,6 @@ class JointBP(BPMethod):
         total = sum(g * loss for g, loss in zip(self.weighting.gammas(), losses, strict=True))
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        self._backward(total)
         self._apply_update(opt)
         return StepOutput([loss.item() for loss in losses], [o.detach() for o in outs])

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from compact.errors import CompactError
-from compact.methods._live import live_parameters, refuse_autocast, refuse_compiled
+from compact.methods._live import live_parameters, refuse_compiled
 from compact.methods.base import METHODS, BPMethod, StepOutput
 
 LR_SCALINGS = ("paper", "authors")
@@ -80,7 +80,7 @@ class MultiWayBP(BPMethod):
         opt = self.optimizers[i]
         opt.zero_grad(set_to_none=True)
         params = self._params[i]
-        torch.autograd.backward(loss, inputs=params, retain_graph=retain_graph)
+        self._backward(loss, inputs=params, retain_graph=retain_graph)
         scaled = params if self.lr_scaling == "paper" else params[: self._trunk_count[i]]
         if gamma != 1.0:
             for p in scaled:
@@ -97,7 +97,6 @@ class MultiWayBP(BPMethod):
         losses: list[float | None] = [None] * k
         logits: list[torch.Tensor | None] = [None] * k
         if self.shared_forward:
-            refuse_autocast()
             batch = x.detach().requires_grad_(True)
             with live_parameters(self.net.parameters(), batch):
                 outs = self.net.forward_exits(batch)

@@ -34,7 +34,7 @@ class ProbeHeads(BPMethod):
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         if losses:
-            torch.stack(losses).sum().backward()
+            self._backward(torch.stack(losses).sum())
             self._apply_update(opt)
         final = feats[net.final_node]
         return StepOutput(

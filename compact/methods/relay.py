@@ -41,6 +41,6 @@ class RelayBP(BPMethod):
         opt.zero_grad(set_to_none=True)
         last = len(losses) - 1
         for i, loss in enumerate(losses):
-            torch.autograd.backward(gammas[i] * loss, inputs=self._reach[i], retain_graph=i < last)
+            self._backward(gammas[i] * loss, inputs=self._reach[i], retain_graph=i < last)
         self._apply_update(opt)
         return StepOutput([loss.item() for loss in losses], [o.detach() for o in outs])

@@ -23,7 +23,7 @@ class StandardBP(BPMethod):
         loss = self.criterion(out, y)
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self._backward(loss)
         self._apply_update(opt)
         k = self.net.num_outputs - 1
         return StepOutput([None] * k + [loss.item()], [None] * k + [out.detach()])
