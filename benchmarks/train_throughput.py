@@ -10,6 +10,10 @@ Reported per method: training images/s, the share of step time spent waiting for
 estimated time of one full epoch (60,000 training images plus the evaluation of all outputs on the 10,000
 test images, scaled from the measured evaluation of ``--eval-images``).
 
+Then every precision and memory format this machine can run (fp32 and bf16 autocast everywhere, fp16 with
+loss scaling on CUDA; contiguous and channels-last), for both methods, in the same alternating rounds:
+images/s and the ratio to fp32 contiguous.
+
     python benchmarks/train_throughput.py [--batches 20] [--rounds 5] [--batch 128] [--device cpu]
     python benchmarks/train_throughput.py --quick     # batch 16, 2 batches, one round (tests)
 
@@ -27,7 +31,8 @@ import torch
 
 from compact.data import DataOptions, load_data
 from compact.engine import evaluate, train_epoch
-from compact.engine.trainer import resolve_device
+from compact.engine.callbacks import RunContext
+from compact.engine.trainer import resolve_device, resolve_precision, use_channels_last
 from compact.exits import attach_exits
 from compact.methods import create_method
 from compact.models import create_model
@@ -100,10 +105,47 @@ def main() -> None:
         print(f"{name:<10}{median:>8.0f}{f'{p10:.0f}-{p90:.0f}':>16}{100 * wait:>10.1f}%{epoch:>13.0f}s")
     ratio = figures["standard"]["images_per_s"] / figures["mwbp"]["images_per_s"]
     print(f"MW-BP time per image / standard BP: {ratio:.2f}x")
+    figures["variants"] = variants(args, data, train_loader, device)
     figures.update(
         model=args.model, exits=args.exits, batch=args.batch, device=str(device), mwbp_over_standard=round(ratio, 3)
     )
     print(json.dumps(figures))
+
+
+def variants(args, data, loader, device) -> dict:
+    """images/s of each method under every precision and memory format available here."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    runs, contexts = {}, {}
+    for precision in precisions:
+        for fmt in ("contiguous", "channels_last"):
+            for name in METHODS:
+                torch.manual_seed(0)
+                net = attach_exits(create_model(args.model, num_classes=10, in_chans=1), args.exits,
+                                   input_size=data.input_size).to(device)  # fmt: skip
+                if fmt == "channels_last":
+                    use_channels_last(net)
+                method = create_method(name, net)
+                method.set_precision(*resolve_precision(precision, device))
+                key = f"{name} {precision} {fmt}"
+                runs[key] = method
+                cfg = SimpleNamespace(channels_last=fmt == "channels_last", epochs=1)
+                contexts[key] = RunContext(net, method, cfg, Path("."), device)
+    samples = {k: [] for k in runs}
+    keys = list(runs)
+    for r in range(args.rounds + 1):
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            rec = train_epoch(runs[key], loader, device, epoch=r, ctx=contexts[key])
+            if r > 0:
+                samples[key].append(rec["train_images_per_s"])
+    out = {k: round(statistics.median(v), 1) for k, v in samples.items()}
+    print(f"\n{'variant':<34}{'img/s':>8}{'x fp32 contiguous':>19}")
+    for key, ips in out.items():
+        base = out[f"{key.split()[0]} fp32 contiguous"]
+        print(f"{key:<34}{ips:>8.0f}{ips / base:>19.2f}")
+    return out
 
 
 if __name__ == "__main__":

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from compact.data import fashion_mnist as fm
+
+#: where the exactness tests run: the CPU, or a GPU when benchmarks/gpu_check.py sets COMPACT_TEST_DEVICE=cuda
+DEVICE = torch.device(os.environ.get("COMPACT_TEST_DEVICE", "cpu"))
 
 needs_fmnist = pytest.mark.skipif(
     fm.find_fashion_mnist() is None, reason=f"Fashion-MNIST not installed ({fm.INSTALL_HINT})"

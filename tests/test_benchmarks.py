@@ -26,7 +26,8 @@ def _run(name: str) -> dict:
 
 def test_every_benchmark_has_a_quick_mode():
     scripts = sorted(p.name for p in BENCHMARKS.glob("*.py"))
-    assert scripts == ["bp_cost.py", "cascade_overhead.py", "ddp_scaling.py", "prune_cost.py", "train_throughput.py"]
+    assert scripts == ["bp_cost.py", "cascade_overhead.py", "ddp_scaling.py", "gpu_check.py", "prune_cost.py",
+                       "train_throughput.py"]  # fmt: skip
     for name in scripts:
         assert "--quick" in (BENCHMARKS / name).read_text(), name
 
@@ -53,6 +54,13 @@ def test_cascade_overhead_quick_times_the_cascade_against_the_full_graph():
     assert 0 < figures["macs_overhead"] < 0.01  # the heads only: no feature is computed twice
 
 
+def test_gpu_check_says_when_there_is_no_gpu():
+    import torch
+
+    figures = _run("gpu_check.py")
+    assert figures["cuda"] is torch.cuda.is_available()
+
+
 def test_prune_cost_quick_prunes_and_profiles():
     rows = _run("prune_cost.py")
     assert set(rows) == {"unpruned", "l1 round-to 8"}
@@ -64,3 +72,7 @@ def test_prune_cost_quick_prunes_and_profiles():
 def test_data_benchmarks_quick(name):
     figures = _run(name)
     assert figures  # the figures of every method
+    if name == "train_throughput.py":  # every precision and memory format this machine runs
+        want = {f"{m} {p} {f}" for m in ("standard", "mwbp") for p in ("fp32", "bf16") for f in ("contiguous",
+                "channels_last")}  # fmt: skip
+        assert want <= set(figures["variants"]) and all(v > 0 for v in figures["variants"].values())

@@ -1,8 +1,9 @@
 """MW-BP and the other six methods against hand-written backpropagation (tests/_reference.py).
 
 float64 tiny networks with 3 losses, several iterations with Nesterov momentum and weight decay: compact's
-parameters must equal the reference's to 1e-10. The same setting shows that Joint BP, Naive MW-BP and
-backpropagating through the old weights are different algorithms.
+parameters must equal the reference's to 1e-10 (on the CPU, or on the GPU that COMPACT_TEST_DEVICE names).
+The same setting shows that Joint BP, Naive MW-BP and backpropagating through the old weights are
+different algorithms.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from compact.exits import LossWeighting, attach_exits
 from compact.methods import SGDConfig, create_method
 
 import _reference as R
+from _helpers import DEVICE
 
 LR = 0.2
 SGD_KW = dict(momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -121,7 +123,8 @@ def build(kind: str, seed: int = 0):
             [[_bn(f"heads.{i}.bn"), R.ReLU(), R.GAP(), _lin(f"heads.{i}.fc")] for i in range(2)],
         )
         batches = [(torch.randn(6, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (6,))) for _ in range(4)]
-    net.double().train()
+    net.double().to(DEVICE).train()
+    batches = [(x.to(DEVICE), y.to(DEVICE)) for x, y in batches]
     with torch.no_grad():  # make BatchNorm scales non-trivial so that updated weights matter
         for name, p in net.named_parameters():
             if ".bn." in name or name.endswith("1.weight") and p.dim() == 1:

@@ -13,8 +13,11 @@ from torch import nn
 
 from compact import attach_exits
 from compact.methods import SGDConfig, create_method, live_parameters
+from tests._helpers import DEVICE, needs_fmnist
 
 BF = torch.bfloat16
+#: autocast dtypes to test: bfloat16 on the CPU; also float16 on a GPU (COMPACT_TEST_DEVICE=cuda)
+DTYPES = [BF] + ([torch.float16] if DEVICE.type == "cuda" else [])
 
 
 def test_a_saved_cast_of_a_parameter_is_rebuilt_from_its_current_value():
@@ -52,13 +55,13 @@ def _linear_back(g, x_in, w_b):
     return g @ w_b, (x_in.t() @ g).t().float(), g.sum(0).float()
 
 
-def _reference(P: dict, x, y, lr: float, live: bool) -> dict:
+def _reference(P: dict, x, y, lr: float, live: bool, dtype: torch.dtype = BF) -> dict:
     """One MW-BP iteration (exit after layer 1, then the final output) in bfloat16, written out: one shared
     forward with the casts of the weights before the iteration; backward 0 and update 0; backward 1
     through the casts of the weights *after* update 0 (``live``) or of the forward-time weights (not Eq. 10)."""
     P = {k: v.clone() for k, v in P.items()}
-    b = {k: v.to(BF) for k, v in P.items()}  # forward-time casts
-    xb = x.to(BF)
+    b = {k: v.to(dtype) for k, v in P.items()}  # forward-time casts
+    xb = x.to(dtype)
     r0 = F.relu(F.linear(xb, b["0.weight"], b["0.bias"]))
     r1 = F.relu(F.linear(r0, b["2.weight"], b["2.bias"]))
     z0 = F.linear(r1, b["h.weight"], b["h.bias"])
@@ -68,7 +71,7 @@ def _reference(P: dict, x, y, lr: float, live: bool) -> dict:
     def dlogits(z):
         z = z.float().detach().requires_grad_(True)
         (g,) = torch.autograd.grad(F.cross_entropy(z, y), [z])  # the float32 loss's own gradient
-        return g.to(BF)
+        return g.to(dtype)
 
     # loss 0: head and layers 0..2, weights as in the forward (nothing updated yet)
     g = dlogits(z0)
@@ -80,7 +83,7 @@ def _reference(P: dict, x, y, lr: float, live: bool) -> dict:
     for name, grad in {"h.weight": gw_h, "h.bias": gb_h, "2.weight": gw2, "2.bias": gb2, "0.weight": gw0,
                        "0.bias": gb0}.items():  # fmt: skip
         P[name] = P[name] - lr * grad
-    now = {k: v.to(BF) for k, v in P.items()} if live else b
+    now = {k: v.to(dtype) for k, v in P.items()} if live else b
     # loss 1: the whole backbone, through the weights as they are now
     g = dlogits(z1)
     g, gw6, gb6 = _linear_back(g, r2, now["6.weight"])
@@ -101,39 +104,41 @@ def _params(net) -> dict:
     return {k.replace("heads.0.fc.", "h."): v for k, v in out.items()}
 
 
-def test_mwbp_under_bf16_autocast_equals_a_hand_written_reference():
-    """Tolerance: 1e-6 absolute on the updated float32 weights (the reference runs the same bfloat16 kernels;
-    they agree to the bit here). The forward-time casts (not Eq. 10) differ by 1.8e-4."""
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mwbp_under_autocast_equals_a_hand_written_reference(dtype):
+    """Tolerance: 1e-6 absolute on the updated float32 weights (the reference runs the same low-precision
+    kernels; on the CPU they agree to the bit). The forward-time casts (not Eq. 10) differ by 1.8e-4."""
     torch.manual_seed(1)
-    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
-    net = _net().train()
+    x, y = torch.randn(32, 8).to(DEVICE), torch.randint(0, 4, (32,)).to(DEVICE)
+    net = _net().to(DEVICE).train()
     assert {n for n in _params(net)} == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias",
                                          "6.weight", "6.bias", "h.weight", "h.bias"}  # fmt: skip
     start = _params(net)
     lr = 0.5
     method = create_method("mwbp", net, sgd=_plain_sgd(lr))
-    method.set_precision(BF)
+    method.set_precision(dtype)
     method.train_step(x, y)
     got = _params(net)
-    exact = _reference(start, x, y, lr, live=True)
-    stale = _reference(start, x, y, lr, live=False)
+    exact = _reference(start, x, y, lr, live=True, dtype=dtype)
+    stale = _reference(start, x, y, lr, live=False, dtype=dtype)
     err = max((got[k] - exact[k]).abs().max().item() for k in got)
     gap = max((exact[k] - stale[k]).abs().max().item() for k in got)
     assert err < 1e-6, err
     assert gap > 100 * max(err, 1e-6), (gap, err)  # Eq. 10 matters here, and compact follows it
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method_name", ["standard", "joint"])
-def test_standard_and_joint_under_autocast_match_plain_pytorch_amp(method_name):
+def test_standard_and_joint_under_autocast_match_plain_pytorch_amp(method_name, dtype):
     torch.manual_seed(2)
-    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
-    net = _net().train()
+    x, y = torch.randn(16, 8).to(DEVICE), torch.randint(0, 4, (16,)).to(DEVICE)
+    net = _net().to(DEVICE).train()
     twin = copy.deepcopy(net)
     method = create_method(method_name, net, sgd=_plain_sgd(0.3))
-    method.set_precision(BF)
+    method.set_precision(dtype)
     method.train_step(x, y)
     opt = torch.optim.SGD(twin.parameters(), lr=0.3)
-    with torch.autocast("cpu", dtype=BF):
+    with torch.autocast(DEVICE.type, dtype=dtype):
         outs = twin.forward_exits(x)
         losses = [F.cross_entropy(o, y) for o in outs]
         gammas = method.weighting.gammas()
@@ -172,3 +177,53 @@ def test_float16_loss_scaling_skips_only_the_update_that_overflowed():
     assert not torch.equal(after["6.weight"], before["6.weight"])  # update 1 applied
     assert not torch.equal(after["0.weight"], before["0.weight"])  # ... to the whole backbone
     assert all(torch.isfinite(v).all() for v in after.values())
+
+
+# -- the engine and the command line ------------------------------------------------------------------
+def test_channels_last_keeps_mwbp_exact():
+    from compact.engine.trainer import use_channels_last
+    from compact.models import create_model
+
+    torch.manual_seed(4)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    plain = attach_exits(create_model("cifar_resnet20"), 3, input_size=(3, 16, 16)).train()
+    fast = copy.deepcopy(plain)
+    use_channels_last(fast)
+    assert fast.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    create_method("mwbp", plain).train_step(x, y)
+    create_method("mwbp", fast).train_step(x.contiguous(memory_format=torch.channels_last), y)
+    for a, b in zip(plain.parameters(), fast.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_precision_and_channels_last_bad_input():
+    from compact.engine import TrainConfig
+    from compact.engine.trainer import resolve_precision, use_channels_last
+    from compact.errors import CompactError
+
+    with pytest.raises(CompactError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", torch.device("cpu"))
+    assert resolve_precision("auto", torch.device("cpu")) == (None, None)
+    assert resolve_precision("bf16", torch.device("cpu"))[0] is torch.bfloat16
+    with pytest.raises(CompactError, match="precision must be one of fp32, bf16, fp16, auto"):
+        TrainConfig.from_dict({"model": "cifar_resnet20", "precision": "half"}, "config")
+    with pytest.raises(CompactError, match="channels-last is for 2-D convolutional networks"):
+        use_channels_last(_mlp())
+
+
+@needs_fmnist
+def test_training_command_with_bf16_and_channels_last(tmp_path, capsys):
+    import yaml
+
+    from compact.cli import main
+
+    def argv(out, precision, *extra):
+        return ["train-mwbp", "--model", "cifar_resnet20", "--exits", "3", "--smoke", "--precision", precision,
+                *extra, "--out", str(out)]  # fmt: skip
+
+    assert main(argv(tmp_path / "run", "bf16", "--channels-last")) == 0
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["precision"] == "bf16" and cfg["channels_last"] is True
+    assert main(argv(tmp_path / "fp16", "fp16")) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "fp16").exists()  # refused before anything is written

@@ -73,6 +73,11 @@ def add_schedule_args(
         help=f"fractions of the epochs at which lr is multiplied by --lr-decay (default {milestones_default})",
     )
     g.add_argument("--lr-decay", type=float, default=S, help="default 0.1")
+    g.add_argument("--precision", default=S, choices=["fp32", "bf16", "fp16", "auto"],
+                   help="training precision: autocast in bf16 or fp16 (fp16: loss scaling, CUDA only; MW-BP stays "
+                   "exact), auto = bf16 on GPUs that have it; default fp32")  # fmt: skip
+    g.add_argument("--channels-last", action="store_true", default=S,
+                   help="model and batches in channels-last memory format (2-D convolutional networks)")  # fmt: skip
     g.add_argument("--momentum", type=float, default=S, help="default 0.9")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=S, help="default on")
     g.add_argument("--weight-decay", type=float, default=S, help="default 5e-4")

@@ -19,6 +19,10 @@ from compact.errors import CompactError
 PLACEMENT_KEYS = ("exits", "exit_blocks", "exit_layers", "exit_nodes")
 
 
+#: training precisions (autocast dtypes; ``auto`` picks bf16 on a GPU that supports it)
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a run.
@@ -29,8 +33,11 @@ class TrainConfig:
     ``exit_layers`` or ``exit_nodes``; with none, the network has only its final output.
     ``num_classes`` defaults to the dataset's. ``image_size``, ``augment``, ``flip``, ``in_chans``: how
     images are fed (see :class:`compact.data.DataOptions`; defaults: the dataset's own).
-    ``device``: ``auto`` takes CUDA when available. ``eval_every``: evaluate every N epochs (and always after
-    the last one); the other epochs' records have no test error.
+    ``device``: ``auto`` takes CUDA when available. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (autocast in
+    training; float16 with loss scaling, CUDA only) or ``auto`` (bf16 on a GPU that has it, else fp32);
+    evaluation runs in float32. ``channels_last``: model and batches in channels-last memory format.
+    ``eval_every``: evaluate every N epochs (and always after the last one); the other epochs' records have
+    no test error.
     ``init_from``: a run folder or model file whose backbone weights start the run (fine-tuning, or the
     frozen trunk of the ``probe`` method); the heads start fresh.
     ``soft_prune``: ``{"ratios": {layer: fraction}, "round_to": n}`` for soft filter pruning (set by
@@ -72,6 +79,8 @@ class TrainConfig:
     lr_decay: float = 0.1
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
     soft_prune: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -82,6 +91,8 @@ class TrainConfig:
         _check_int(self, "batch_size", 1)
         _check_int(self, "eval_batch_size", 1)
         _check_int(self, "eval_every", 1)
+        if self.precision not in PRECISIONS:
+            raise CompactError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check_int(self, "seed", 0)
         _check_int(self, "workers", 0)
         for key in ("num_classes", "exits", "subset", "test_subset", "image_size", "in_chans"):
@@ -219,6 +230,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "flip": (bool,),
     "nesterov": (bool,),
     "device": (str,),
+    "precision": (str,),
+    "channels_last": (bool,),
     "soft_prune": (dict,),
 }
 

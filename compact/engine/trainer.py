@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from compact._atomic import write_text
 from compact._malloc import tune_cpu_allocator
@@ -63,7 +64,7 @@ from compact.methods import BPMethod, SGDConfig, create_method
 from compact.modelfile import ModelInfo, save_model, structure_attrs
 
 # options that may differ when a run is resumed (where the data lives, how fast it is read)
-RESUMABLE_CHANGES = ("data_dir", "download", "workers", "device", "eval_batch_size", "eval_every")
+RESUMABLE_CHANGES = ("data_dir", "download", "workers", "device", "eval_batch_size", "eval_every", "channels_last")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,6 +80,34 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise CompactError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
+
+
+def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """(autocast dtype or None for float32, loss scaler for float16) of a ``precision`` on ``device``."""
+    cuda = device.type == "cuda"
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if name == "auto":
+        name = "bf16" if bf16_ok else "fp32"
+    if name == "fp32":
+        return None, None
+    if name == "bf16":
+        if cuda and not bf16_ok:
+            raise CompactError(
+                f"{torch.cuda.get_device_name(device)} has no bfloat16 support; use --precision fp16 or fp32"
+            )
+        return torch.bfloat16, None
+    if not cuda:
+        raise CompactError("--precision fp16 needs a CUDA device (autocast on the CPU runs bfloat16): use bf16 or fp32")
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def use_channels_last(net: nn.Module) -> None:
+    """Put ``net`` in channels-last memory format; a network without 2-D convolutions cannot use it."""
+    if not any(isinstance(m, nn.Conv2d) for m in net.modules()):
+        raise CompactError(f"--channels-last is for 2-D convolutional networks; {type(net).__name__} has no Conv2d")
+    if any(isinstance(m, nn.Conv1d | nn.Conv3d) for m in net.modules()):
+        raise CompactError("--channels-last needs every convolution to be 2-D (this network has 1-D or 3-D ones)")
+    net.to(memory_format=torch.channels_last)
 
 
 def data_options(cfg: TrainConfig) -> DataOptions:
@@ -270,6 +299,7 @@ def train_epoch(
     ctx.epoch, ctx.batch = epoch, 0
     stats = BatchStats([0.0] * k, [0] * k, 0, [False] * k)
     wait = 0.0
+    channels_last = bool(ctx.cfg is not None and ctx.cfg.channels_last)
     for cb in callbacks:
         cb.on_epoch_start(ctx, len(loader))
 
@@ -286,8 +316,10 @@ def train_epoch(
             t = time.perf_counter()
             x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             wait += time.perf_counter() - t
-            out = method.step(x, y)
+            out = method.train_step(x, y)
             for i, (loss, logits) in enumerate(zip(out.losses, out.logits, strict=True)):
                 if loss is None:
                     continue
@@ -414,6 +446,7 @@ def train(
             "compact prune (--resume), which adds the pruning to the training"
         )
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)  # refused before anything is written
     d = from_env(device)  # torchrun: one process per rank; only rank 0 writes files, logs and progress
     check_batch(cfg.batch_size, d)
     log = (log if d.is_main else None) or (lambda _msg: None)
@@ -434,6 +467,9 @@ def train(
     net.to(device)
     sgd = SGDConfig(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     method = create_method(cfg.method, net, sgd, weighting, **cfg.method_options)
+    method.set_precision(*precision)
+    if cfg.channels_last:
+        use_channels_last(net)
     if d.enabled:
         method.grad_sync = functools.partial(average_gradients, d=d)
     train_loader, test_loader = data.loaders(cfg.batch_size, cfg.seed, cfg.eval_batch_size, shard=(d.rank, d.world))

@@ -203,6 +203,7 @@ class BPMethod(ABC):
             "sgd": asdict(self.sgd),
             "weighting": self.weighting.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -216,6 +217,8 @@ class BPMethod(ABC):
         self.weighting.load_state_dict(state["weighting"])
         for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.lr = float(state["lr"])
         self._apply_lr()
 
