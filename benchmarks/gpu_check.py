@@ -8,7 +8,9 @@ On a machine with CUDA:
 2. one epoch of the training engine on Fashion-MNIST (``--images`` training images) for every method at
    every precision the GPU runs (fp32, bf16 where supported, fp16 with loss scaling): images/s, peak memory,
    MW-BP / standard time per image;
-3. ``torchrun --nproc_per_node 1`` of a smoke MW-BP run (the NCCL backend).
+3. ``torchrun --nproc_per_node 1`` of a smoke MW-BP run (the NCCL backend);
+4. the GPU-resident data path: an in-memory loader moved to the GPU gives the batches (order, crops, flips)
+   of the same loader on the CPU.
 
 It exits non-zero if any part fails. Without CUDA it says so and exits 0.
 
@@ -79,6 +81,21 @@ def engine_epochs(images: int) -> dict:
     return rows
 
 
+def loader_check() -> dict:
+    from compact.data import DataOptions, load_data
+
+    data = load_data(DataOptions(subset=512, test_subset=64))
+    cpu, _ = data.loaders(128, seed=3)
+    gpu, _ = data.loaders(128, seed=3)
+    gpu.to("cuda")
+    worst = 0.0
+    for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
+        worst = max(worst, (xc - xg.cpu()).abs().max().item())
+        if not torch.equal(yc, yg.cpu()):
+            return {"ok": False, "note": "labels differ"}
+    return {"ok": worst < 1e-6, "max_abs_difference": worst}
+
+
 def torchrun_smoke() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "compact",
@@ -114,10 +131,12 @@ def main() -> int:
         for key, ratio in figures["engine"].items():
             if not isinstance(ratio, dict):
                 print(f"{key}: {ratio:.2f}x")
+    figures["loader"] = loader_check()
+    print(f"in-memory data on the GPU gives the CPU's batches: {'ok' if figures['loader']['ok'] else 'FAILED'}")
     figures["torchrun"] = torchrun_smoke()
     print(f"torchrun --nproc_per_node 1 (NCCL): {'ok' if figures['torchrun']['ok'] else 'FAILED'}")
     print(json.dumps(figures))
-    return 0 if figures["exactness"]["ok"] and figures["torchrun"]["ok"] else 1
+    return 0 if all(figures[k]["ok"] for k in ("exactness", "loader", "torchrun")) else 1
 
 
 if __name__ == "__main__":

@@ -276,3 +276,18 @@ def test_smoke_keeps_an_explicit_image_size(tmp_path, given, used):
     argv = ["train", "--model", "cifar_resnet20", "--data", f"imagefolder:{tmp_path / 'img'}", "--workers", "0"]
     assert main([*argv, *given, "--smoke", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["image_size"] == used
+
+
+def test_an_in_memory_loader_moved_to_a_device_gives_the_same_batches():
+    """The GPU-resident path on the device at hand (a GPU check runs it on CUDA: benchmarks/gpu_check.py):
+    order, crops and flips are drawn on the CPU, so batches do not depend on where the images live."""
+    import torch
+
+    from compact.data.memory import ArrayDataset, InMemoryLoader
+
+    images = torch.randint(0, 256, (50, 1, 8, 8), dtype=torch.uint8)
+    ds = ArrayDataset(images, torch.arange(50) % 10, 10, "t")
+    make = lambda: InMemoryLoader(ds, 16, train=True, mean=[0.5], std=[0.25], pad=2, flip=True, seed=1)  # noqa: E731
+    here, moved = make(), make().to("cpu")
+    for (a, ya), (b, yb) in zip(here, moved, strict=True):
+        assert torch.equal(a, b) and torch.equal(ya, yb)

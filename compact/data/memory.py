@@ -98,24 +98,28 @@ def random_resized_crop(
     cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - h)
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    theta = theta.to(x.device)
     grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crop of the zero-padded batch back to its size, and random horizontal flips."""
+    """Per-image random crop of the zero-padded batch back to its size, and random horizontal flips. The
+    random numbers come from ``generator`` (on the CPU), whatever device ``x`` is on: the same batches on
+    every device."""
     b, c, h, w = x.shape
+    dev = x.device
     if pad > 0:
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # (B,1,H,1)
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # (B,1,1,W)
-        bi = torch.arange(b)[:, None, None, None]
-        ci = torch.arange(c)[None, :, None, None]
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B,1,H,1)
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B,1,1,W)
+        bi = torch.arange(b, device=dev)[:, None, None, None]
+        ci = torch.arange(c, device=dev)[None, :, None, None]
         x = padded[bi, ci, rows, cols]
     if flip:
-        mask = torch.rand(b, generator=generator) < 0.5
+        mask = (torch.rand(b, generator=generator) < 0.5).to(dev)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
 
@@ -156,6 +160,16 @@ class InMemoryLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def to(self, device: torch.device | str) -> InMemoryLoader:
+        """Keep the images (uint8) on ``device`` and batch, augment and normalise them there: no host round
+        trip per batch on a GPU. The order and augmentation stay those of the CPU (seeded on the CPU)."""
+        device = torch.device(device)
+        if self.data.images.device != device:
+            self.data = ArrayDataset(self.data.images.to(device), self.data.labels.to(device), self.data.num_classes,
+                                     self.data.name)  # fmt: skip
+            self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
     def __len__(self) -> int:
         return (len(self.data) + self.batch_size - 1) // self.batch_size
 
@@ -163,6 +177,7 @@ class InMemoryLoader:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.data)
         order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
+        order = order.to(self.data.images.device)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             x = self.data.images[idx].float().div_(255.0)

@@ -473,6 +473,8 @@ def train(
     if d.enabled:
         method.grad_sync = functools.partial(average_gradients, d=d)
     train_loader, test_loader = data.loaders(cfg.batch_size, cfg.seed, cfg.eval_batch_size, shard=(d.rank, d.world))
+    if device.type == "cuda":  # in-memory data lives on the GPU, batched and augmented there
+        train_loader, test_loader = (ld.to(device) if hasattr(ld, "to") else ld for ld in (train_loader, test_loader))
     ident = identity(cfg, net, data)
     info = model_info(cfg, net, data, out)
     info.attrs = structure_attrs(net, info)  # a pruned source differs from a fresh build
