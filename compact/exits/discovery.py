@@ -31,6 +31,7 @@ BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
         "EdgeResidual",
         "UniversalInvertedResidual",
         "CondConvResidual",
+        "FaceBottleneck",
     ),
     "dense": ("_DenseBlock", "DenseBlock", "DenseLayer"),  # DenseLayer: compact's, returns the concatenation
 }

@@ -64,6 +64,35 @@ class GapFc(_Head):
         return self.fc(_pool(x))
 
 
+@HEADS.register("embedding")
+class EmbeddingHead(nn.Module):
+    """For embedding tasks (faces): BatchNorm -> PReLU -> global average pooling -> linear to a 128-d
+    embedding -> BatchNorm, then a cosine classifier (train with :class:`compact.face.margin.MarginLoss`).
+    Global average pooling stands in for MobileFaceNet's GDConv, whose kernel would depend on the exit's
+    feature-map size."""
+
+    EMBEDDING = 128
+
+    def __init__(self, in_channels: int, num_classes: int, feature_dim: int = 4) -> None:
+        super().__init__()
+        from compact.face.margin import CosineClassifier
+
+        if feature_dim not in (2, 4):
+            raise CompactError(f"exit heads take 4-D or 2-D features, got {feature_dim}-D")
+        self.in_channels, self.num_classes, self.feature_dim = in_channels, num_classes, feature_dim
+        self.bn = nn.BatchNorm2d(in_channels) if feature_dim == 4 else nn.BatchNorm1d(in_channels)
+        self.act = nn.PReLU(in_channels)
+        self.fc = nn.Linear(in_channels, self.EMBEDDING, bias=False)
+        self.bn_embedding = nn.BatchNorm1d(self.EMBEDDING)
+        self.classifier = CosineClassifier(self.EMBEDDING, num_classes)
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn_embedding(self.fc(_pool(self.act(self.bn(x)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embedding(x))
+
+
 def create_head(head_type: str, in_channels: int, num_classes: int, feature_dim: int = 4) -> nn.Module:
     """Build a head of a registered type (see ``HEADS.names()``)."""
     return HEADS.get(head_type)(in_channels, num_classes, feature_dim)
