@@ -16,6 +16,7 @@ from compact.errors import CompactError
 from compact.face import MarginLoss, read_lfw_pairs, read_packed, tar_at_far, ten_fold_accuracy, verify
 from compact.models.mobilefacenet import MobileFaceNet
 from compact.profile import conv_linear_macs
+from tests._helpers import needs_fmnist
 
 
 def test_mobilefacenet_matches_the_published_counts():
@@ -190,3 +191,22 @@ def test_the_cosine_classifiers_backward_is_autograds_and_reads_the_current_weig
     (got,) = torch.autograd.grad(out.sum(), [batch])
     want = torch.ones(5, 3, dtype=torch.float64) @ torch.nn.functional.normalize(w.detach(), dim=1)
     assert torch.allclose(got, want)
+
+
+@needs_fmnist
+def test_training_command_trains_margin_exits_and_refuses_what_cannot(tmp_path, capsys):
+    """MW-BP with ArcFace on every output of MobileFaceNet (32 px inputs), through compact train-mwbp."""
+    from compact.cli import main
+
+    common = ["train-mwbp", "--exits", "3", "--subset", "64", "--test-subset", "32", "--epochs", "1",
+              "--batch-size", "32", "--image-size", "32", "--no-progress"]  # fmt: skip
+    face = ["--model", "mobilefacenet", "--model-arg", "input_size=32", "--loss", "arcface", "--loss-scale", "16"]
+    assert main([*common, *face, "--head", "embedding", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main([*common, *face, "--out", str(tmp_path / "plain-heads")]) == 2
+    assert "embedding runs need --head embedding" in capsys.readouterr().err
+    assert main([*common, "--model", "cifar_resnet20", "--loss", "cosface", "--head", "embedding", "--out",
+                 str(tmp_path / "r20")]) == 2  # fmt: skip
+    assert "has none (use mobilefacenet)" in capsys.readouterr().err
+    assert main([*common, "--model", "cifar_resnet20", "--loss-margin", "0.3", "--out", str(tmp_path / "ce")]) == 2
+    assert "given only with loss arcface or cosface" in capsys.readouterr().err

@@ -116,7 +116,11 @@ def add_model_args(p: argparse.ArgumentParser, training: bool = False) -> None:
     if not training:
         g.add_argument("--input-size", type=_size, default=None, metavar="C,H,W", help="default 3,32,32")
     add_placement_args(g, d(None))
-    g.add_argument("--head", default=d("bn-relu-gap-fc"), help="head type: bn-relu-gap-fc, relu-gap-fc, gap-fc")
+    g.add_argument(
+        "--head",
+        default=d("bn-relu-gap-fc"),
+        help="head type: bn-relu-gap-fc, relu-gap-fc, gap-fc, embedding (margin losses)",
+    )
     g.add_argument("--nu", type=float, default=d(None), help="decay rate of the loss weights (Eq. 5; default 2)")
     g.add_argument("--schedule", default=d("constant"), help="weighting schedule: constant, adaptive-1, adaptive-2")
 

@@ -76,6 +76,11 @@ def add_schedule_args(
     g.add_argument("--precision", default=S, choices=["fp32", "bf16", "fp16", "auto"],
                    help="training precision: autocast in bf16 or fp16 (fp16: loss scaling, CUDA only; MW-BP stays "
                    "exact), auto = bf16 on GPUs that have it; default fp32")  # fmt: skip
+    g.add_argument("--loss", default=S, choices=["ce", "arcface", "cosface"],
+                   help="ce (default) or a margin softmax for embeddings (faces: mobilefacenet, --head "
+                   "embedding)")  # fmt: skip
+    g.add_argument("--loss-scale", type=float, default=S, help="margin softmax scale s (default 64)")
+    g.add_argument("--loss-margin", type=float, default=S, help="margin m (default arcface 0.5 rad, cosface 0.35)")
     g.add_argument("--channels-last", action="store_true", default=S,
                    help="model and batches in channels-last memory format (2-D convolutional networks)")  # fmt: skip
     g.add_argument("--momentum", type=float, default=S, help="default 0.9")

@@ -19,6 +19,8 @@ from compact.errors import CompactError
 PLACEMENT_KEYS = ("exits", "exit_blocks", "exit_layers", "exit_nodes")
 
 
+#: training losses: cross-entropy, or a margin softmax on a cosine classifier (faces; compact.face.margin)
+LOSSES = ("ce", "arcface", "cosface")
 #: training precisions (autocast dtypes; ``auto`` picks bf16 on a GPU that supports it)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
@@ -36,6 +38,9 @@ class TrainConfig:
     ``device``: ``auto`` takes CUDA when available. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (autocast in
     training; float16 with loss scaling, CUDA only) or ``auto`` (bf16 on a GPU that has it, else fp32);
     evaluation runs in float32. ``channels_last``: model and batches in channels-last memory format.
+    ``loss``: ``ce`` (cross-entropy) or a margin softmax, ``arcface`` or ``cosface``, with ``loss_scale`` and
+    ``loss_margin`` (defaults 64 and 0.5 / 0.35), for models ending in a cosine classifier (mobilefacenet)
+    with ``embedding`` exit heads.
     ``eval_every``: evaluate every N epochs (and always after the last one); the other epochs' records have
     no test error.
     ``init_from``: a run folder or model file whose backbone weights start the run (fine-tuning, or the
@@ -81,6 +86,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
+    loss: str = "ce"
+    loss_scale: float | None = None
+    loss_margin: float | None = None
     soft_prune: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -91,6 +99,13 @@ class TrainConfig:
         _check_int(self, "batch_size", 1)
         _check_int(self, "eval_batch_size", 1)
         _check_int(self, "eval_every", 1)
+        if self.loss not in LOSSES:
+            raise CompactError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for key in ("loss_scale", "loss_margin"):
+            value = getattr(self, key)
+            if value is not None and (not _is_number(value) or self.loss == "ce"):
+                what = "a number" if self.loss != "ce" else "given only with loss arcface or cosface"
+                raise CompactError(f"{key} must be {what}, got {value!r}")
         if self.precision not in PRECISIONS:
             raise CompactError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check_int(self, "seed", 0)
@@ -232,6 +247,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "device": (str,),
     "precision": (str,),
     "channels_last": (bool,),
+    "loss": (str,),
     "soft_prune": (dict,),
 }
 

@@ -101,6 +101,23 @@ def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | No
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
+def margin_criterion(cfg: TrainConfig, net: MultiExitNet) -> nn.Module:
+    """The margin-softmax loss of an embedding run; every output must end in a cosine classifier."""
+    from compact.face.margin import CosineClassifier, MarginLoss
+
+    final = [m for m in net.backbone.modules() if isinstance(m, CosineClassifier)]
+    if not final:
+        raise CompactError(
+            f"loss {cfg.loss} trains embeddings through a cosine classifier; {cfg.model} has none (use mobilefacenet)"
+        )
+    plain = [i for i, h in enumerate(net.heads) if not any(isinstance(m, CosineClassifier) for m in h.modules())]
+    if plain:
+        raise CompactError(
+            f"loss {cfg.loss}: exits {plain} have {cfg.head} heads; embedding runs need --head embedding"
+        )
+    return MarginLoss(cfg.loss, cfg.loss_scale, cfg.loss_margin)
+
+
 def use_channels_last(net: nn.Module) -> None:
     """Put ``net`` in channels-last memory format; a network without 2-D convolutions cannot use it."""
     if not any(isinstance(m, nn.Conv2d) for m in net.modules()):
@@ -468,6 +485,8 @@ def train(
     sgd = SGDConfig(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     method = create_method(cfg.method, net, sgd, weighting, **cfg.method_options)
     method.set_precision(*precision)
+    if cfg.loss != "ce":
+        method.criterion = margin_criterion(cfg, net)
     if cfg.channels_last:
         use_channels_last(net)
     if d.enabled:

@@ -21,6 +21,7 @@ from torch import nn
 from compact.errors import CompactError
 from compact.face.margin import CosineClassifier
 from compact.models._builder import register_model
+from compact.models.arguments import Arg
 
 #: (expansion t, channels c, repeats n, stride s) of Chen et al.'s Table 1
 MOBILEFACENET = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
@@ -87,7 +88,10 @@ class MobileFaceNet(nn.Module):
         return self.classifier(self.embedding(x))
 
 
-@register_model("mobilefacenet")
-def mobilefacenet(num_classes: int = 10, in_chans: int = 3) -> MobileFaceNet:
+@register_model(
+    "mobilefacenet",
+    args={"input_size": Arg("int", 32, 512, help="input side, a multiple of 16 (default 112): sizes the GDConv")},
+)
+def mobilefacenet(num_classes: int = 10, in_chans: int = 3, input_size: int = 112) -> MobileFaceNet:
     """MobileFaceNet (Chen et al. 2018) for 112x112 faces, with a cosine classifier for margin losses."""
-    return MobileFaceNet(num_classes, in_chans)
+    return MobileFaceNet(num_classes, in_chans, input_size)
