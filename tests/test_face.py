@@ -4,6 +4,7 @@ scores, the safe packed-file reader, LFW pairs, and MW-BP on MobileFaceNet with 
 from __future__ import annotations
 
 import io
+import json
 import math
 import pickle
 
@@ -201,8 +202,23 @@ def test_training_command_trains_margin_exits_and_refuses_what_cannot(tmp_path, 
     common = ["train-mwbp", "--exits", "3", "--subset", "64", "--test-subset", "32", "--epochs", "1",
               "--batch-size", "32", "--image-size", "32", "--no-progress"]  # fmt: skip
     face = ["--model", "mobilefacenet", "--model-arg", "input_size=32", "--loss", "arcface", "--loss-scale", "16"]
-    assert main([*common, *face, "--head", "embedding", "--out", str(tmp_path / "run")]) == 0
-    capsys.readouterr()
+    rng = np.random.default_rng(0)
+    colors = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(40)]
+    (tmp_path / "val.bin").write_bytes(pickle.dumps(([_jpeg(c) for c in colors], [bool(i % 2) for i in range(20)])))
+    val = ["--val-pairs", str(tmp_path / "val.bin")]
+    assert main([*common, *face, "--head", "embedding", *val, "--out", str(tmp_path / "run")]) == 0
+    assert "verification accuracy (10-fold, 20 pairs) per output:" in capsys.readouterr().out
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert len(record["verification_pct"]) == 3 and all(0 <= v <= 100 for v in record["verification_pct"])
+    assert main(["eval", str(tmp_path / "run"), "--test-subset", "32", "--pairs", str(tmp_path / "val.bin"),
+                 "--json"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)["outputs"]
+    assert [r["output"] for r in rows] == [0, 1, 2] and all("verification_pct" in r for r in rows)
+    # an exported exit is an embedding model too
+    assert main(["export", str(tmp_path / "run"), "--exit", "0", "--out", str(tmp_path / "exit0.safetensors")]) == 0
+    assert main(["eval", str(tmp_path / "exit0.safetensors"), "--test-subset", "32", "--pairs",
+                 str(tmp_path / "val.bin")]) == 0  # fmt: skip
+    assert "verif. %" in capsys.readouterr().out
     assert main([*common, *face, "--out", str(tmp_path / "plain-heads")]) == 2
     assert "embedding runs need --head embedding" in capsys.readouterr().err
     assert main([*common, "--model", "cifar_resnet20", "--loss", "cosface", "--head", "embedding", "--out",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,9 @@ def add_schedule_args(
                    "embedding)")  # fmt: skip
     g.add_argument("--loss-scale", type=float, default=S, help="margin softmax scale s (default 64)")
     g.add_argument("--loss-margin", type=float, default=S, help="margin m (default arcface 0.5 rad, cosface 0.35)")
+    g.add_argument("--val-pairs", default=S, metavar="PATH",
+                   help="face verification pairs (packed .bin file or LFW folder) checked at every "
+                   "evaluation")  # fmt: skip
     g.add_argument("--channels-last", action="store_true", default=S,
                    help="model and batches in channels-last memory format (2-D convolutional networks)")  # fmt: skip
     g.add_argument("--momentum", type=float, default=S, help="default 0.9")
@@ -196,10 +200,16 @@ def _cmd_train(args) -> int:
 
 
 def _print_outputs(rows: list[dict]) -> None:
-    print(f"{'output':>6}  {'node':<28}{'layer':>6}{'params':>12}{'test err %':>12}")
+    verify = any("verification_pct" in r for r in rows)
+    extra = f"{'verif. %':>14}{'TAR@1e-3 %':>12}" if verify else ""
+    print(f"{'output':>6}  {'node':<28}{'layer':>6}{'params':>12}{'test err %':>12}{extra}")
     for r in rows:
         err = "-" if r.get("test_error_pct") is None else f"{r['test_error_pct']:.2f}"
-        print(f"{r['output']:>6}  {r['node']:<28}{r['depth']:>6}{r['params']:>12,}{err:>12}")
+        cells = ""
+        if verify:
+            tar = "-" if r.get("tar_at_far_1e-3_pct") is None else f"{r['tar_at_far_1e-3_pct']:.2f}"
+            cells = f"{r['verification_pct']:>8.2f} ±{r['verification_std']:>4.2f}{tar:>12}"
+        print(f"{r['output']:>6}  {r['node']:<28}{r['depth']:>6}{r['params']:>12,}{err:>12}{cells}")
 
 
 # -- compact eval -----------------------------------------------------------------------------------
@@ -209,6 +219,9 @@ def _add_eval(sub) -> None:
     add_data_args(p)  # default: the dataset it was trained on, whole test set (--test-subset N: the run's seed)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--pairs", default=None, metavar="PATH",
+                   help="also verify face pairs (packed .bin file or LFW folder): 10-fold accuracy and TAR@FAR 1e-3 "
+                   "of every output of an embedding network")  # fmt: skip
 
 
 def _load_target(path: Path, device):
@@ -255,6 +268,8 @@ def _cmd_eval(args) -> int:
     _, test_loader = data.loaders(args.batch_size, 0, args.batch_size)
     losses, errors = evaluate(model, test_loader, device, trained)
     rows = _rows(model, info, errors)
+    if args.pairs:
+        _add_verification(model, info, rows, args.pairs)
     if args.json:
         print(
             json.dumps(
@@ -265,6 +280,23 @@ def _cmd_eval(args) -> int:
         print(f"{args.target}: {data.name}, {data.test_size} test images")
         _print_outputs(rows)
     return 0
+
+
+def _add_verification(model, info, rows: list[dict], pairs_path: str) -> None:
+    """Verification figures of every output of ``model`` into ``rows``."""
+    from compact.face.verification import load_pairs, verify, verify_outputs
+
+    images, pairs, same = load_pairs(pairs_path, info.input_size, info.mean, info.std)
+    if hasattr(model, "exit_nodes"):
+        results = verify_outputs(model, images, pairs, same)
+    else:
+        results = [verify(model, images, pairs, same)]
+    for row, r in zip(rows, results, strict=True):
+        row["verification_pct"] = round(100 * r["accuracy"], 3)
+        row["verification_std"] = round(100 * r["std"], 3)
+        tar = r["tar_at_far_1e-3"]
+        row["tar_at_far_1e-3_pct"] = None if tar is None else round(100 * tar, 3)
+    print(f"face verification on {len(same)} pairs of {pairs_path} (10-fold; image + flip embeddings)", file=sys.stderr)
 
 
 def _rows(model, info, errors: list[float | None]) -> list[dict]:

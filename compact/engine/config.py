@@ -40,7 +40,8 @@ class TrainConfig:
     evaluation runs in float32. ``channels_last``: model and batches in channels-last memory format.
     ``loss``: ``ce`` (cross-entropy) or a margin softmax, ``arcface`` or ``cosface``, with ``loss_scale`` and
     ``loss_margin`` (defaults 64 and 0.5 / 0.35), for models ending in a cosine classifier (mobilefacenet)
-    with ``embedding`` exit heads.
+    with ``embedding`` exit heads. ``val_pairs``: a packed validation file or an LFW folder whose pairs are
+    verified (10-fold accuracy of every output) at every evaluation.
     ``eval_every``: evaluate every N epochs (and always after the last one); the other epochs' records have
     no test error.
     ``init_from``: a run folder or model file whose backbone weights start the run (fine-tuning, or the
@@ -89,6 +90,7 @@ class TrainConfig:
     loss: str = "ce"
     loss_scale: float | None = None
     loss_margin: float | None = None
+    val_pairs: str | None = None
     soft_prune: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -106,6 +108,8 @@ class TrainConfig:
             if value is not None and (not _is_number(value) or self.loss == "ce"):
                 what = "a number" if self.loss != "ce" else "given only with loss arcface or cosface"
                 raise CompactError(f"{key} must be {what}, got {value!r}")
+        if self.val_pairs is not None and self.loss == "ce":
+            raise CompactError("val_pairs measures face verification of embeddings: train with loss arcface or cosface")
         if self.precision not in PRECISIONS:
             raise CompactError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check_int(self, "seed", 0)
@@ -248,6 +252,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "precision": (str,),
     "channels_last": (bool,),
     "loss": (str,),
+    "val_pairs": (str,),
     "soft_prune": (dict,),
 }
 

@@ -64,7 +64,16 @@ from compact.methods import BPMethod, SGDConfig, create_method
 from compact.modelfile import ModelInfo, save_model, structure_attrs
 
 # options that may differ when a run is resumed (where the data lives, how fast it is read)
-RESUMABLE_CHANGES = ("data_dir", "download", "workers", "device", "eval_batch_size", "eval_every", "channels_last")
+RESUMABLE_CHANGES = (
+    "data_dir",
+    "download",
+    "workers",
+    "device",
+    "eval_batch_size",
+    "eval_every",
+    "channels_last",
+    "val_pairs",
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -485,8 +494,13 @@ def train(
     sgd = SGDConfig(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     method = create_method(cfg.method, net, sgd, weighting, **cfg.method_options)
     method.set_precision(*precision)
+    pairs = None
     if cfg.loss != "ce":
         method.criterion = margin_criterion(cfg, net)
+        if cfg.val_pairs:
+            from compact.face.verification import load_pairs
+
+            pairs = load_pairs(cfg.val_pairs, data.input_size, data.mean, data.std)
     if cfg.channels_last:
         use_channels_last(net)
     if d.enabled:
@@ -557,6 +571,13 @@ def train(
                 test_loss, test_err = evaluate(net, test_loader, device, trained, d)
             else:  # --eval-every N: no evaluation this epoch
                 test_loss = test_err = [None] * net.num_outputs
+            verification = None
+            if pairs is not None and test_err[0] is not None and d.is_main:
+                from compact.face.verification import verify_outputs
+
+                verification = [round(100 * r["accuracy"], 3) for r in verify_outputs(net, *pairs)]
+                log(f"verification accuracy (10-fold, {len(pairs[1])} pairs) per output: "
+                    + "/".join(f"{v:.2f}" for v in verification) + "%")  # fmt: skip
             record = {
                 "epoch": epoch + 1,
                 "lr": method.lr,
@@ -565,6 +586,7 @@ def train(
                 **record,
                 "test_loss": test_loss,
                 "test_error_pct": test_err,
+                **({"verification_pct": verification} if verification is not None else {}),
                 "epoch_time_s": record["train_time_s"] + time.perf_counter() - t,
             }
             history.append(record)

@@ -214,3 +214,79 @@ def read_lfw_pairs(root: str | Path, pairs_file: str | Path | None = None) -> tu
     if not pairs:
         raise CompactError(f"{pairs_file} lists no pairs")
     return paths, np.asarray(pairs, dtype=np.int64), np.asarray(same)
+
+
+def load_pairs(
+    path: str | Path, input_size: Sequence[int], mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Verification pairs from a packed file or an LFW folder, as the network's normalised float input
+    (resized to ``input_size``, converted to its channels): (images, pairs, same)."""
+    from PIL import Image
+
+    path = Path(path)
+    c, side = int(input_size[0]), int(input_size[-1])
+    if path.is_dir():
+        paths, pairs, same = read_lfw_pairs(path)
+        images = torch.empty(len(paths), 3, side, side, dtype=torch.uint8)
+        for i, p in enumerate(paths):
+            try:
+                with Image.open(p) as im:
+                    images[i] = torch.from_numpy(np.asarray(im.convert("RGB").resize((side, side))).copy()).permute(
+                        2, 0, 1
+                    )
+            except Exception as exc:
+                raise CompactError(f"{p} does not decode as an image ({type(exc).__name__})") from None
+    else:
+        images, pairs, same = read_packed(path, size=side)
+    x = images.float() / 255.0
+    if c == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif c != 3:
+        raise CompactError(f"verification images are RGB; the network takes {c} channels")
+    if mean and std:
+        x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return x, pairs, same
+
+
+@torch.no_grad()
+def verify_outputs(net: nn.Module, images: torch.Tensor, pairs: np.ndarray, same: np.ndarray) -> list[dict[str, Any]]:
+    """Verification figures of every output of a multi-exit embedding network, from one shared forward per
+    batch (the embedding of output ``i`` is the input of its cosine classifier)."""
+    from compact.face.margin import CosineClassifier
+
+    heads = [next((m for m in h.modules() if isinstance(m, CosineClassifier)), None) for h in net.heads]
+    final = [m for m in net.backbone.modules() if isinstance(m, CosineClassifier)]
+    if any(h is None for h in heads) or len(final) != 1:
+        raise CompactError("verification needs a cosine classifier at every output (mobilefacenet, embedding heads)")
+    classifiers = [*heads, final[0]]
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    sums: list[list[torch.Tensor]] = [[] for _ in classifiers]
+    try:
+        for start in range(0, len(images), 256):
+            x = images[start : start + 256].to(device)
+            total = [0.0] * len(classifiers)
+            for view in (x, x.flip(3)):
+                captured: dict[int, torch.Tensor] = {}
+                hooks = [c.register_forward_hook(lambda _m, a, _o, i=i, d=captured: d.__setitem__(i, a[0].float()))
+                         for i, c in enumerate(classifiers)]  # fmt: skip
+                try:
+                    net.forward_exits(view)
+                finally:
+                    for h in hooks:
+                        h.remove()
+                total = [t + captured[i] for i, t in enumerate(total)]
+            for i, t in enumerate(total):
+                sums[i].append(F.normalize(t, dim=1).cpu())
+    finally:
+        net.train(was_training)
+    out = []
+    for i, chunks in enumerate(sums):
+        e = torch.cat(chunks)
+        scores = (e[pairs[:, 0]] * e[pairs[:, 1]]).sum(1).numpy()
+        result = ten_fold_accuracy(scores, same)
+        result["tar_at_far_1e-3"] = tar_at_far(scores, same)
+        result["output"] = i
+        out.append(result)
+    return out
