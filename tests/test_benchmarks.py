@@ -13,7 +13,7 @@ import pytest
 from _helpers import needs_fmnist
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-NEEDS_DATA = {"train_throughput.py", "ddp_scaling.py"}  # they read Fashion-MNIST
+NEEDS_DATA = {"train_throughput.py", "ddp_scaling.py", "face_verification.py"}  # they read Fashion-MNIST
 
 
 def _run(name: str) -> dict:
@@ -26,8 +26,8 @@ def _run(name: str) -> dict:
 
 def test_every_benchmark_has_a_quick_mode():
     scripts = sorted(p.name for p in BENCHMARKS.glob("*.py"))
-    assert scripts == ["bp_cost.py", "cascade_overhead.py", "ddp_scaling.py", "gpu_check.py", "prune_cost.py",
-                       "train_throughput.py"]  # fmt: skip
+    assert scripts == ["bp_cost.py", "cascade_overhead.py", "ddp_scaling.py", "face_verification.py", "gpu_check.py",
+                       "prune_cost.py", "train_throughput.py"]  # fmt: skip
     for name in scripts:
         assert "--quick" in (BENCHMARKS / name).read_text(), name
 
@@ -72,6 +72,8 @@ def test_prune_cost_quick_prunes_and_profiles():
 def test_data_benchmarks_quick(name):
     figures = _run(name)
     assert figures  # the figures of every method
+    if name == "face_verification.py":  # a verification accuracy per output, every epoch
+        assert len(figures["verification_pct"]) == 3 and all(0 <= v <= 100 for v in figures["verification_pct"])
     if name == "train_throughput.py":  # every precision and memory format this machine runs
         want = {f"{m} {p} {f}" for m in ("standard", "mwbp") for p in ("fp32", "bf16") for f in ("contiguous",
                 "channels_last")}  # fmt: skip
