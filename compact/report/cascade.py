@@ -217,4 +217,37 @@ def cascades_markdown(results: Any, budget: str) -> list[str]:
         agg = cascade_over_seeds(c["by_seed"])
         text = cascade_markdown(agg, f"{c['label']} (cascade of {c['of']}; mean over seeds {agg['seeds']})")
         lines += ["#" + text]
+        lines += _at_equal_cost(c["label"], agg, results.models)
     return lines
+
+
+def _at_equal_cost(label: str, agg: dict[str, Any], models: list[Any]) -> list[str]:
+    """Each pruned model and each single-output network against the cascade's most accurate threshold whose
+    mean conv+linear MACs do not exceed the model's (means over seeds; no interval)."""
+    rows = []
+    for m in models:
+        if not (m.kind == "prune" or m.num_outputs == 1):
+            continue
+        macs, err = m.stat(m.macs)[0], m.stat(m.errors)[0]
+        if macs is None or err is None:
+            continue
+        fits = [r for r in agg["rows"] if r["mean_macs_conv_linear"] <= macs and r["error_pct"] is not None]
+        if not fits:
+            rows.append(f"| {m.name} | {macs / 1e6:.2f}M | {err:.2f} | none within its MACs | - | - | - |")
+            continue
+        best = min(fits, key=lambda r: (r["error_pct"], r["mean_macs_conv_linear"]))
+        rows.append(
+            f"| {m.name} | {macs / 1e6:.2f}M | {err:.2f} | {best['threshold']:.4g} | "
+            f"{best['mean_macs_conv_linear'] / 1e6:.2f}M | {best['error_pct']:.2f} | {best['error_pct'] - err:+.2f} |"
+        )
+    if not rows:
+        return []
+    return [
+        f"At equal cost: {label} at its most accurate threshold within each model's conv+linear MACs (means over "
+        "seeds, no interval; thresholds chosen on the test sweep, so the cascade's figure is optimistic).",
+        "",
+        "| model | MACs | error % | threshold | cascade mean MACs | cascade error % | difference (pp) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
