@@ -39,8 +39,11 @@ def test_methods_and_models(capsys):
     assert [line.split()[0] for line in out.splitlines()] == sorted(
         ["standard", "joint", "relay", "mwbp", "reverse-mwbp", "naive-mwbp", "naive-reverse-mwbp", "probe"]
     )
-    assert main(["models", "cifar*"]) == 0
+    assert main(["models", "cifar_resnet*"]) == 0
     assert capsys.readouterr().out.split() == [f"cifar_resnet{d}" for d in (110, 20, 32, 44, 56)]
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert {"cifar_wrn28_10", "cifar_resnext29_8x64d", "cifar_densenet_bc100", "mobilefacenet"} <= set(listed)
 
 
 def test_exits_json_for_resnet56(capsys):
@@ -150,7 +153,7 @@ def test_train_smoke_is_one_batch_and_configs_list(tmp_path, capsys):
     assert "--smoke checks a setup in a new run" in capsys.readouterr().err
     assert main(["configs"]) == 0
     names = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["paper-cifar", "paper-imagenet-resnet"]
+    assert names == ["paper-cifar", "paper-face", "paper-imagenet-resnet"]
 
 
 def test_train_needs_out_or_resume_and_mwbp_needs_exits(tmp_path, capsys):
