@@ -226,3 +226,26 @@ def test_training_command_trains_margin_exits_and_refuses_what_cannot(tmp_path, 
     assert "has none (use mobilefacenet)" in capsys.readouterr().err
     assert main([*common, "--model", "cifar_resnet20", "--loss-margin", "0.3", "--out", str(tmp_path / "ce")]) == 2
     assert "given only with loss arcface or cosface" in capsys.readouterr().err
+
+
+def test_face_exits_profile_with_onnx_and_mobilefacenet_prunes():
+    import warnings
+
+    from compact.exits.standalone import extract_exit
+    from compact.face import embed
+    from compact.profile.profiler import Target, profile_models
+    from compact.prune import PRUNERS, PruneSettings, prune_layers, search_ratios
+
+    net = _face_net(num_classes=8).eval()
+    target = Target("exit0", extract_exit(net, 0).eval(), [3, 32, 32], None, {})
+    (prof,) = profile_models([target], onnx=True, batches=[1], rounds=1, repeats=1)
+    assert prof["onnx"]["parity_max_abs"] < 1e-4 and prof["macs_conv_linear"] > 0
+    model, size = MobileFaceNet(num_classes=8, input_size=32).eval(), (3, 32, 32)
+    base = conv_linear_macs(model, size)
+    settings = PruneSettings(round_to=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch-pruning notes the classifier's bare weight, which it leaves alone
+        result = search_ratios(model, size, PRUNERS.get("l1"), base // 2, settings)
+        prune_layers(model, size, PRUNERS.get("l1"), result.ratios, settings)
+    assert abs(conv_linear_macs(model, size) / base - 0.5) < 0.05
+    assert model.classifier.weight.shape == (8, 128) and embed(model, torch.randn(4, *size)).shape == (4, 128)

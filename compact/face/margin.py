@@ -69,6 +69,8 @@ class CosineClassifier(nn.Module):
         nn.init.normal_(self.weight, std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # exporters and counters: plain operators
+            return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
         with torch.autocast(x.device.type, enabled=False):
             return _NormalizedLinear.apply(F.normalize(x.float(), dim=1), self.weight.float())
 
