@@ -49,7 +49,7 @@ def test_bp_cost_quick_times_every_method_and_the_mwbp_floor():
 
 def test_cascade_overhead_quick_times_the_cascade_against_the_full_graph():
     figures = _run("cascade_overhead.py")
-    assert set(figures["ms_per_image"]) == {"full graph", "cascade t=1", "segments only"}
+    assert set(figures["ms_per_image"]) == {"full graph", "full graph, ORT defaults", "cascade t=1", "segments only"}
     assert all(v["median"] > 0 for d in figures["ms_per_image"].values() for v in d.values())
     assert 0 < figures["macs_overhead"] < 0.01  # the heads only: no feature is computed twice
 

@@ -66,14 +66,19 @@ def export_graph(
     return path
 
 
-def ort_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with all graph optimisations (``ORT_ENABLE_ALL``)."""
+def ort_session(path: str | Path, threads: int | None = None, spinning: bool = True):
+    """An ONNX Runtime CPU session with all graph optimisations (``ORT_ENABLE_ALL``). ``spinning=False``
+    lets its worker threads sleep as soon as a run ends (ONNX Runtime's threads otherwise spin-wait for the
+    next run; several sessions that run one after another, like a cascade's segments, would then take the
+    cores from each other)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise CompactError("onnxruntime is not installed: pip install onnxruntime") from exc
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
