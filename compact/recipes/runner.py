@@ -299,7 +299,11 @@ def _cascade(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSe
     from compact.engine import open_run
 
     folder = entry_dir(out, entry.name, seed)
-    net, info = open_run(entry_dir(out, entry.spec["of"], seed)).network()
+    run = open_run(entry_dir(out, entry.spec["of"], seed))
+    net, info = run.network()
+    if run.config.subset:  # where the held-out training images start
+        info.source.setdefault("subset", run.config.subset)
+        info.source.setdefault("seed", run.config.seed)
     export_cascade(net, info, folder / "cascade", overwrite=True)
     cascade = Cascade(folder / "cascade")
     data = effective_data(recipe.data, settings.to_dict())
