@@ -325,7 +325,7 @@ def train_epoch(
     ctx.epoch, ctx.batch = epoch, 0
     stats = BatchStats([0.0] * k, [0] * k, 0, [False] * k)
     wait = 0.0
-    channels_last = bool(ctx.cfg is not None and ctx.cfg.channels_last)
+    channels_last = bool(getattr(ctx.cfg, "channels_last", False))
     for cb in callbacks:
         cb.on_epoch_start(ctx, len(loader))
 
