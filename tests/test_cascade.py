@@ -299,6 +299,20 @@ def test_cascade_command_on_a_trained_run(tmp_path, capsys):
                  str(tmp_path / "r.json")]) == 0  # fmt: skip
     again = json.loads((tmp_path / "r.json").read_text())
     assert [r["error_pct"] for r in again["rows"]] == [first["error_pct"], last["error_pct"]]
+    # a run whose model file predates the recorded subset: the run's config says where held-out images start
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = run / "model.safetensors"
+    with safe_open(str(model), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = next(iter(meta))
+    info = json.loads(meta[key])
+    del info["source"]["subset"]
+    save_file(tensors, str(model), metadata={key: json.dumps(info)})
+    assert main(["cascade", str(run), "--target-error", "100", "--val-images", "50", "--latency-images", "0",
+                 "--thresholds", "0,1", "--test-subset", "100", "--json", str(tmp_path / "old.json")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "old.json").read_text())["validation_images"] == 50
     assert main(["cascade", str(tmp_path / "c"), "--target-error", "0", "--latency-images", "0", "--thresholds",
                  "0,1", "--test-subset", "100", "--val-images", "300"]) == 2  # fmt: skip
     assert "no threshold reaches 0.0% error" in capsys.readouterr().err
