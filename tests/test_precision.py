@@ -227,3 +227,16 @@ def test_training_command_with_bf16_and_channels_last(tmp_path, capsys):
     assert main(argv(tmp_path / "fp16", "fp16")) == 2
     assert "fp16 needs a CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "fp16").exists()  # refused before anything is written
+
+
+def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
+    """Without a GPU here, the CUDA queries are stood in for: a GPU that lacks bfloat16."""
+    from compact.engine.trainer import resolve_precision
+    from compact.errors import CompactError
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Old GPU")
+    gpu = torch.device("cuda")
+    with pytest.raises(CompactError, match="Old GPU has no bfloat16 support; use --precision fp16 or fp32"):
+        resolve_precision("bf16", gpu)
+    assert resolve_precision("auto", gpu) == (None, None)  # auto falls back to float32 there
