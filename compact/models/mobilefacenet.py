@@ -22,6 +22,7 @@ from compact.errors import CompactError
 from compact.face.margin import CosineClassifier
 from compact.models._builder import register_model
 from compact.models.arguments import Arg
+from compact.models.cifar_nets import _init
 
 #: (expansion t, channels c, repeats n, stride s) of Chen et al.'s Table 1
 MOBILEFACENET = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
@@ -76,9 +77,7 @@ class MobileFaceNet(nn.Module):
         self.gdconv = nn.Sequential(nn.Conv2d(512, 512, side, groups=512, bias=False), nn.BatchNorm2d(512))
         self.linear = nn.Sequential(nn.Conv2d(512, EMBEDDING, 1, bias=False), nn.BatchNorm2d(EMBEDDING))
         self.classifier = CosineClassifier(EMBEDDING, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        _init(self)  # the CIFAR networks' initialisation: Kaiming (fan out) convolutions, unit BatchNorm
 
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_sep(self.blocks(self.stem(x)))
