@@ -216,6 +216,53 @@ def test_rerun_skips_finished_entries_and_refuses_another_recipe(demo_run, tmp_p
     assert not result["complete"] and "INCOMPLETE" in (partial / "report" / "report.md").read_text()
 
 
+def test_a_selection_adds_what_it_needs_and_names_wrong_choices():
+    from compact.recipes.runner import select_jobs
+
+    recipe = parse_recipe(_with(lambda r: r.update(seeds=[0, 1, 2])))
+    jobs, added = select_jobs(recipe, RunSettings(entries=("deep-l1",), seeds=(2, 0)))
+    # pruning needs the network it prunes and the one whose MACs it matches, for the same seeds
+    assert [(s, e.name) for s, e in jobs] == [(0, "mwbp"), (0, "deep"), (0, "deep-l1"),
+                                              (2, "mwbp"), (2, "deep"), (2, "deep-l1")]  # fmt: skip
+    assert sorted(added) == ["deep", "mwbp"]
+    jobs, added = select_jobs(recipe, RunSettings(entries=("standard-probe",)))
+    assert {e.name for _, e in jobs} == {"standard", "mwbp", "standard-probe"} and len(jobs) == 9
+    assert len(select_jobs(recipe, RunSettings())[0]) == 3 * len(recipe.entries)
+    with pytest.raises(CompactError, match="--entries: no entry 'jdoint' in recipe demo; valid: mwbp, standard"):
+        select_jobs(recipe, RunSettings(entries=("mwbp", "jdoint")))
+    with pytest.raises(CompactError, match="--seeds: 7 not run; recipe demo has seeds 0, 1, 2"):
+        select_jobs(recipe, RunSettings(seeds=(7,)))
+    with pytest.raises(CompactError, match="a smoke run uses only seed 0"):
+        select_jobs(recipe, RunSettings(smoke=True, seeds=(1,)))
+
+
+@needs_fmnist
+def test_a_selected_sitting_runs_only_its_share_then_the_rest_finishes(tmp_path, capsys):
+    raw = _with(lambda r: r.update(entries=r["entries"][:3], claims=r["claims"][:2]))
+    recipe_file = tmp_path / "small.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    base = ["run", str(recipe_file), "--smoke", "--out", str(out), "--no-progress"]
+    assert main([*base, "--entries", "standard"]) == 0
+    text = capsys.readouterr().out
+    assert (out / "standard" / "seed0" / "done.json").is_file() and not (out / "mwbp").exists()
+    assert "2 job(s) remain" in text and "profiling and cascade timing wait" in text
+    assert not list(out.glob("*/seed0/exports/*.profile.json"))  # latencies are measured together, at the end
+    assert main(["report", str(out), "--partial", "--out", str(tmp_path / "r")]) == 0
+    assert "INCOMPLETE" in capsys.readouterr().out
+    assert main([*base, "--entries", "standard-probe"]) == 0  # needs mwbp (its exits) and standard (done)
+    text = capsys.readouterr().out
+    assert re.search(r"also running (standard, mwbp|mwbp, standard): the selected entries need them", text)
+    assert "standard (train): done before, skipped" in text
+    assert "all entries of demo are done" in text and list(out.glob("*/seed0/exports/*.profile.json"))
+    for argv, message in [
+        (["--entries", "standard,,mwbp"], "--entries takes names separated by commas"),
+        (["--seeds", "0,x"], "--seeds takes whole numbers separated by commas"),
+    ]:
+        assert main([*base, *argv]) != 0
+        assert message in capsys.readouterr().err
+
+
 def test_cifar10_recipe_runs_with_smoke_on_stand_in_data(tmp_path):
     fake_cifar10_py(tmp_path / "cifar", n=40)
     out = tmp_path / "run"

@@ -18,11 +18,32 @@ def _add_run(sub) -> None:
     p.add_argument("--data", default=None, help="override the recipe's dataset (e.g. imagefolder:PATH)")
     p.add_argument("--data-dir", default=None, help="override where the dataset files are")
     p.add_argument("--image-size", type=int, default=None, help="override the recipe's image side (pixels)")
+    p.add_argument(
+        "--entries",
+        default=None,
+        metavar="A,B",
+        help="run only these entries (and the entries they need), e.g. to get one comparison first in a long recipe",
+    )
+    p.add_argument("--seeds", default=None, metavar="S,T", help="run only these of the recipe's seeds")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
+def _names(text: str, flag: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise CompactError(f"{flag} takes names separated by commas (e.g. mwbp,standard), got {text!r}")
+    return names
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in _names(text, "--seeds"))
+    except ValueError:
+        raise CompactError(f"--seeds takes whole numbers separated by commas (e.g. 0,1), got {text!r}") from None
+
+
 def _cmd_run(args) -> int:
-    from compact.recipes import RunSettings, load_recipe, run_recipe
+    from compact.recipes import RunSettings, load_recipe, pending_jobs, run_recipe
 
     recipe = load_recipe(args.recipe)
     out = Path(args.out or Path("runs") / recipe.name)  # the name is a plain path component (validated)
@@ -34,10 +55,21 @@ def _cmd_run(args) -> int:
     if args.image_size is not None and not 8 <= args.image_size <= 2048:
         raise CompactError(f"--image-size must lie in 8..2048, got {args.image_size}")
     settings = RunSettings(
-        smoke=args.smoke, data=args.data, data_dir=args.data_dir, progress=args.progress, image_size=args.image_size
+        smoke=args.smoke,
+        data=args.data,
+        data_dir=args.data_dir,
+        progress=args.progress,
+        image_size=args.image_size,
+        entries=None if args.entries is None else _names(args.entries, "--entries"),
+        seeds=None if args.seeds is None else _seeds(args.seeds),
     )
     run_recipe(recipe, out, settings, log=lambda m: print(m, flush=True))
-    print(f"all entries of {recipe.name} are done in {out}; make the report with: compact report {out}")
+    left = pending_jobs(out, recipe, args.smoke)
+    if left:
+        print(f"the selected entries of {recipe.name} are done in {out}; {len(left)} job(s) remain (run without "
+              f"--entries/--seeds to finish); a report of what is done: compact report {out} --partial")  # fmt: skip
+    else:
+        print(f"all entries of {recipe.name} are done in {out}; make the report with: compact report {out}")
     return 0
 
 
