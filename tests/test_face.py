@@ -226,6 +226,11 @@ def test_training_command_trains_margin_exits_and_refuses_what_cannot(tmp_path, 
     assert "has none (use mobilefacenet)" in capsys.readouterr().err
     assert main([*common, "--model", "cifar_resnet20", "--loss-margin", "0.3", "--out", str(tmp_path / "ce")]) == 2
     assert "given only with loss arcface or cosface" in capsys.readouterr().err
+    # verification of a network without embeddings (plain classification exits) is refused, not guessed
+    assert main([*common, "--model", "cifar_resnet20", "--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "plain"), "--test-subset", "32", "--pairs", str(tmp_path / "val.bin")]) == 2
+    assert "verification needs a cosine classifier at every output" in capsys.readouterr().err
 
 
 def test_face_exits_profile_with_onnx_and_mobilefacenet_prunes():

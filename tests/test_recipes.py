@@ -249,7 +249,10 @@ def test_a_selected_sitting_runs_only_its_share_then_the_rest_finishes(tmp_path,
     assert "2 job(s) remain" in text and "profiling and cascade timing wait" in text
     assert not list(out.glob("*/seed0/exports/*.profile.json"))  # latencies are measured together, at the end
     assert main(["report", str(out), "--partial", "--out", str(tmp_path / "r")]) == 0
-    assert "INCOMPLETE" in capsys.readouterr().out
+    capsys.readouterr()
+    head = (tmp_path / "r" / "report.md").read_text().splitlines()[2]
+    assert head.startswith("**INCOMPLETE: 3 parts missing**") and str(tmp_path) not in head
+    assert "standard seed 0 output 0 (not profiled)" in head and "mwbp seed 0 (not finished)" in head
     assert main([*base, "--entries", "standard-probe"]) == 0  # needs mwbp (its exits) and standard (done)
     text = capsys.readouterr().out
     assert re.search(r"also running (standard, mwbp|mwbp, standard): the selected entries need them", text)

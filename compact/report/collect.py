@@ -112,9 +112,9 @@ def _error_value(value: Any) -> float | None:
     return None
 
 
-def _add_profile(model: Model, profile_path: Path, missing: list[str]) -> None:
+def _add_profile(model: Model, profile_path: Path, missing: list[str], what: str) -> None:
     if not profile_path.is_file():
-        missing.append(f"{profile_path} (not profiled)")
+        missing.append(f"{what} (not profiled)")  # named as the run names it, not by a path of this machine
         return
     prof = _read(profile_path)
     model.params.append(_field(prof, "params", profile_path, int))
@@ -210,7 +210,7 @@ def collect(run: Path) -> RunResults:
                     (entry.name, None), Model(entry.name, entry.label, "prune", method, None, 1, None)
                 )
                 _add_error(m, errors.get("final"), seed, failed)
-                _add_profile(m, folder / "pruned.profile.json", missing)
+                _add_profile(m, folder / "pruned.profile.json", missing, f"{entry.name} seed {seed}")
                 continue
             path = folder / "summary.json"
             summary = _read(path)
@@ -227,5 +227,6 @@ def collect(run: Path) -> RunResults:
                     (entry.name, k), Model(entry.name, entry.label, entry.kind, method, k, len(outputs), depth)
                 )
                 _add_error(m, row["test_error_pct"], seed, failed)
-                _add_profile(m, folder / "exports" / f"output{k}.profile.json", missing)
+                profile = folder / "exports" / f"output{k}.profile.json"
+                _add_profile(m, profile, missing, f"{entry.name} seed {seed} output {k}")
     return RunResults(recipe, settings, list(models.values()), missing, seeds, failed, cascades)
