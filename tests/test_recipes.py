@@ -266,6 +266,43 @@ def test_a_selected_sitting_runs_only_its_share_then_the_rest_finishes(tmp_path,
         assert message in capsys.readouterr().err
 
 
+@needs_fmnist
+def test_reuse_copies_only_runs_with_the_same_configuration(tmp_path, capsys):
+    first = _with(lambda r: r.update(entries=r["entries"][:2], claims=r["claims"][1:2]))
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(first))
+    second = _with(lambda r: r.update(name="other", entries=r["entries"][:2], claims=r["claims"][1:2]))
+    second["entries"][0]["train"]["nu"] = 1  # MW-BP differs (nu 2 by default); standard is the same
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(second))
+    smoke = ["--smoke", "--no-progress"]
+    assert main(["run", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "a"), *smoke]) == 0
+    assert main(["run", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "b"), "--reuse", str(tmp_path / "a"),
+                 *smoke]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert text.count("reusing ") == 1 and f"reusing {tmp_path / 'a' / 'standard' / 'seed0'}" in text
+    done = json.loads((tmp_path / "b" / "standard" / "seed0" / "done.json").read_text())
+    assert done["reused_from"] == "a/standard/seed0"
+    assert "reused_from" not in json.loads((tmp_path / "b" / "mwbp" / "seed0" / "done.json").read_text())
+    for name in ("summary.json", "metrics.jsonl", "model.safetensors"):
+        assert (tmp_path / "b" / "standard" / "seed0" / name).read_bytes() == (
+            tmp_path / "a" / "standard" / "seed0" / name
+        ).read_bytes()
+    assert (tmp_path / "b" / "standard" / "seed0" / "exports" / "output0.profile.json").is_file()  # measured here
+    assert main(["report", str(tmp_path / "b")]) == 0
+    assert "reused here (`compact run --reuse`): standard seed 0 <- a/standard/seed0." in capsys.readouterr().out
+    # a finished run with a planted link is passed over; a missing folder is named before anything runs
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    model = tmp_path / "c" / "standard" / "seed0" / "model.safetensors"
+    model.unlink()
+    model.symlink_to(tmp_path / "a" / "standard" / "seed0" / "model.safetensors")
+    shutil.rmtree(tmp_path / "b" / "standard")
+    assert main(["run", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "b"), "--reuse", str(tmp_path / "c"),
+                 *smoke]) == 0  # fmt: skip
+    assert "reusing" not in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "b"), "--reuse", str(tmp_path / "x"),
+                 *smoke]) == 2  # fmt: skip
+    assert f"--reuse {tmp_path / 'x'}: no such folder" in capsys.readouterr().err
+
+
 def test_cifar10_recipe_runs_with_smoke_on_stand_in_data(tmp_path):
     fake_cifar10_py(tmp_path / "cifar", n=40)
     out = tmp_path / "run"

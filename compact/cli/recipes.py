@@ -25,6 +25,15 @@ def _add_run(sub) -> None:
         help="run only these entries (and the entries they need), e.g. to get one comparison first in a long recipe",
     )
     p.add_argument("--seeds", default=None, metavar="S,T", help="run only these of the recipe's seeds")
+    p.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="the output folder of another compact run: a trained entry whose configuration (seed included) "
+        "equals one of its finished runs is copied from there instead of trained again (repeatable; the report "
+        "names what was reused)",
+    )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
@@ -62,6 +71,7 @@ def _cmd_run(args) -> int:
         image_size=args.image_size,
         entries=None if args.entries is None else _names(args.entries, "--entries"),
         seeds=None if args.seeds is None else _seeds(args.seeds),
+        reuse=tuple(args.reuse),
     )
     run_recipe(recipe, out, settings, log=lambda m: print(m, flush=True))
     left = pending_jobs(out, recipe, args.smoke)

@@ -48,6 +48,9 @@ class RunSettings:
     #: output folder's stamp: a selection is one sitting's share of the same run.
     entries: tuple[str, ...] | None = None
     seeds: tuple[int, ...] | None = None
+    #: output folders of other recipe runs whose finished training runs may stand in for this run's
+    #: trained entries when their configuration is the same (:func:`find_reusable`)
+    reuse: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = {"smoke": self.smoke, "data": self.data, "data_dir": self.data_dir}
@@ -191,6 +194,9 @@ def run_recipe(
     settings = settings or RunSettings()
     out = Path(out)
     jobs, added = select_jobs(recipe, settings)
+    for root in settings.reuse:
+        if not Path(root).is_dir():
+            raise CompactError(f"--reuse {root}: no such folder (give the output folder of another compact run)")
     check_output(out, recipe, settings)
     if added:
         log(f"also running {', '.join(added)}: the selected entries need them")
@@ -206,13 +212,14 @@ def run_recipe(
         claim(out, folder, entry.name, seed)
         t0 = time.perf_counter()
         runner = {"train": _train, "probe": _probe, "prune": _prune, "cascade": _cascade}[entry.kind]
-        runner(recipe, entry, seed, out, settings, log)
+        extra = runner(recipe, entry, seed, out, settings, log) or {}
         status = {
             "entry": entry.name,
             "kind": entry.kind,
             "seed": seed,
             "seconds": round(time.perf_counter() - t0, 1),
             "smoke": settings.smoke,
+            **extra,
         }
         write_text(folder / DONE, json.dumps(status, indent=2) + "\n")
         statuses.append(status)
@@ -236,6 +243,52 @@ def run_recipe(
     return statuses
 
 
+#: options a reused run may differ in: where the data lives and how it is read, never what is trained
+REUSE_IGNORES = ("data_dir", "download", "workers", "eval_batch_size")
+#: the files of a finished training run that a reuse copies (exports are made again, profiles measured again)
+REUSE_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "metrics.csv", "model.safetensors", "checkpoint.pt")
+
+
+def find_reusable(cfg: Any, roots: tuple[str, ...] | list[str], out: Path) -> Path | None:
+    """A finished training run (``<entry>/seed<s>/`` with ``done.json``) under one of ``roots`` whose stored
+    configuration equals ``cfg`` in every option but :data:`REUSE_IGNORES`, or None. Folders under ``out``
+    itself, links and folders that are not a finished training run are passed over."""
+    from compact.engine import TrainConfig
+    from compact.engine.config import read_yaml
+
+    want = {k: v for k, v in cfg.to_dict().items() if k not in REUSE_IGNORES}
+    for root in map(Path, roots):
+        for done in sorted(root.glob("*/seed*/" + DONE)):
+            folder = done.parent
+            if folder.resolve().is_relative_to(out.resolve()) or any(
+                (folder / f).is_symlink() or not (folder / f).is_file() for f in REUSE_FILES
+            ):
+                continue
+            try:
+                if json.loads(done.read_text()).get("kind") != "train":
+                    continue
+                stored = TrainConfig.from_dict(read_yaml(folder / "config.yaml"), str(folder / "config.yaml"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, CompactError):
+                continue  # not a run this version can read: never reused
+            if {k: v for k, v in stored.to_dict().items() if k not in REUSE_IGNORES} == want:
+                return folder
+    return None
+
+
+def _reuse(source: Path, folder: Path, cfg: Any) -> None:
+    """Copy the finished run in ``source`` into ``folder`` (plain files only), its configuration rewritten
+    as this version writes it."""
+    import shutil
+
+    for name in REUSE_FILES:
+        if name == "config.yaml":
+            write_text(folder / name, cfg.to_yaml())
+        else:
+            tmp = folder / f".{name}.tmp"
+            shutil.copyfile(source / name, tmp)
+            tmp.replace(folder / name)
+
+
 def _export_all(folder: Path) -> None:
     from compact.engine import export_output, open_run
 
@@ -244,13 +297,21 @@ def _export_all(folder: Path) -> None:
         export_output(net, info, k, folder / "exports" / f"output{k}.safetensors", overwrite=True)
 
 
-def _train(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> None:
+def _train(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> dict[str, Any]:
     from compact.engine import TrainConfig, train
 
     folder = entry_dir(out, entry.name, seed)
     cfg = TrainConfig.from_dict(_schedule(recipe, settings, seed, entry.spec), f"entry {entry.name}")
-    train(cfg, folder, resume=(folder / "config.yaml").is_file(), progress=settings.progress, log=log)
+    resume = (folder / "config.yaml").is_file()
+    source = None if resume or not settings.reuse else find_reusable(cfg, settings.reuse, out)
+    if source is not None:
+        log(f"reusing {source}: a finished run with the same configuration")
+        _reuse(source, folder, cfg)
+    else:
+        train(cfg, folder, resume=resume, progress=settings.progress, log=log)
     _export_all(folder)
+    # named by its run folder's last parts, not by this machine's path
+    return {"reused_from": "/".join(source.parts[-3:])} if source is not None else {}
 
 
 def _probe(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> None:

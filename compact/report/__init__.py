@@ -51,6 +51,14 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
     lines += [
         f"Data: {json.dumps(data)}; seeds: {results.seeds}; training defaults: {json.dumps(recipe.train_defaults)}.",
         "",
+    ]
+    if results.reused:
+        lines += [
+            "Trained once for another run with the same configuration and seed, and reused here (`compact run "
+            f"--reuse`): {'; '.join(results.reused)}.",
+            "",
+        ]
+    lines += [
         "## Models compared (Tables 3-4 style)",
         "",
         budget,

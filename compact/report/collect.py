@@ -85,6 +85,8 @@ class RunResults:
     failed: list[str] = field(default_factory=list)
     #: cascade entries: name -> {"label", "of", "by_seed": {seed: the stored study}}
     cascades: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: "<entry> seed <s> <- <source>" for every trained entry taken from another run (compact run --reuse)
+    reused: list[str] = field(default_factory=list)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -186,12 +188,16 @@ def collect(run: Path) -> RunResults:
     failed: list[str] = []
     seeds = seeds_of(recipe, bool(settings.get("smoke")))
     cascades: dict[str, dict[str, Any]] = {}
+    reused: list[str] = []
     for entry in recipe.entries:
         for seed in seeds:
             folder = entry_dir(run, entry.name, seed)
             if not (folder / DONE).is_file():
                 missing.append(f"{entry.name} seed {seed} (not finished)")
                 continue
+            source = _read(folder / DONE).get("reused_from")
+            if isinstance(source, str):
+                reused.append(f"{entry.name} seed {seed} <- {' '.join(source.split())[:200]}")
             if entry.kind == "cascade":
                 path = folder / "cascade.json"
                 result = _read(path)
@@ -229,4 +235,4 @@ def collect(run: Path) -> RunResults:
                 _add_error(m, row["test_error_pct"], seed, failed)
                 profile = folder / "exports" / f"output{k}.profile.json"
                 _add_profile(m, profile, missing, f"{entry.name} seed {seed} output {k}")
-    return RunResults(recipe, settings, list(models.values()), missing, seeds, failed, cascades)
+    return RunResults(recipe, settings, list(models.values()), missing, seeds, failed, cascades, reused)
