@@ -144,6 +144,9 @@ def test_learning_rate_schedule_is_the_papers():
         ({"lr_milestones": [0.6, 0.4]}, "increasing fractions"),
         ({"exits": 3, "exit_blocks": [1, 2]}, "only one way to place exits"),
         ({"model": ""}, "no model given"),
+        # a multi-output method with one output would be standard BP under another name
+        ({"method": "mwbp"}, "method mwbp trains several outputs but this run has only the final one"),
+        ({"method": "joint", "exits": 1}, "give exits .--exits N with N >= 2"),
     ],
 )
 def test_bad_configuration_is_refused(change, message):
