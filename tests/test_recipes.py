@@ -303,6 +303,28 @@ def test_reuse_copies_only_runs_with_the_same_configuration(tmp_path, capsys):
     assert f"--reuse {tmp_path / 'x'}: no such folder" in capsys.readouterr().err
 
 
+@needs_fmnist
+def test_a_partial_report_says_how_many_seeds_each_number_has(demo_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    stamp = json.loads((run / "recipe.json").read_text())
+    stamp["recipe"]["seeds"] = [0, 1]  # as if the recipe had two seeds and only MW-BP had finished the second
+    stamp["settings"]["smoke"] = False  # (a smoke run uses the first seed only)
+    (run / "recipe.json").write_text(json.dumps(stamp))
+    shutil.copytree(run / "mwbp" / "seed0", run / "mwbp" / "seed1")
+    make_report(run, run / "report", partial=True)
+    text = (run / "report" / "report.md").read_text()
+    assert "seeds finished so far: mwbp 0/1, standard 0, standard-probe 0, deep 0," in text
+    head, row = (next(line for line in text.splitlines() if line.startswith(start)) for start in ("| |", "| Test"))
+    cells = dict(zip(*([c.strip() for c in line.strip("|").split("|")[1:]] for line in (head, row)), strict=True))
+    mwbp = [name for name in cells if name.startswith("MW-BP")]
+    assert len(mwbp) == 3 and all(cells[n].endswith("± 0.00") for n in mwbp)  # both seeds: no mark
+    assert all(c.endswith(" (n=1)") for name, c in cells.items() if name not in mwbp)  # the others: one of two
+    rows = json.loads((run / "report" / "claims.json").read_text())["comparisons"]
+    row = next(r for r in rows if r["comparison"] == "final: mwbp vs standard")
+    assert row["n"] == 1 and row["verdict"] == "inconclusive" and row["seeds"] == [0]  # paired only where both ran
+
+
 def test_cifar10_recipe_runs_with_smoke_on_stand_in_data(tmp_path):
     fake_cifar10_py(tmp_path / "cifar", n=40)
     out = tmp_path / "run"

@@ -27,19 +27,21 @@ def exit_methods(results: RunResults) -> list[list[Model]]:
     return [sorted(r, key=lambda m: m.output) for r in rows.values()]
 
 
-def _fmt_err(m: Model) -> str:
+def _fmt_err(m: Model, seeds: int) -> str:
+    """Mean ± std over the seeds ``m`` has; marked ``(n=k)`` when that is fewer than the run's ``seeds``."""
     mean, std = m.stat(m.errors)
     failed = f" (FAILED: seed {', '.join(map(str, m.failed))})" if m.failed else ""
     if mean is None:
         return "FAILED" if m.failed else "-"
-    return (f"{mean:.2f} ± {std:.2f}" if len(m.errors) > 1 else f"{mean:.2f}") + failed
+    short = f" (n={len(m.errors)})" if len(m.errors) < seeds and not m.failed else ""
+    return (f"{mean:.2f} ± {std:.2f}" if len(m.errors) > 1 else f"{mean:.2f}") + short + failed
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if value is None else f"{value / scale:,.{digits}f}"
 
 
-def _rows(models: list[Model], batches: list[int]) -> list[tuple[str, list[str]]]:
+def _rows(models: list[Model], batches: list[int], seeds: int) -> list[tuple[str, list[str]]]:
     rows = [
         ("Params (M)", [_fmt(m.stat(m.params)[0], 1e6, 3) for m in models]),
         ("MACs, conv+linear (M)", [_fmt(m.stat(m.macs)[0], 1e6, 1) for m in models]),
@@ -53,21 +55,22 @@ def _rows(models: list[Model], batches: list[int]) -> list[tuple[str, list[str]]
                     [_fmt(m.stat(m.latency.get(f"{runtime}/{b}", []))[0], 1, 2) for m in models],
                 )
             )
-    rows.append(("Test error (%)", [_fmt_err(m) for m in models]))
+    rows.append(("Test error (%)", [_fmt_err(m, seeds) for m in models]))
     return rows
 
 
 def comparison_table(results: RunResults, batches: list[int]) -> dict[str, Any]:
     """Markdown, CSV and JSON of the Table 3-style comparison."""
     models = comparison_models(results)
-    rows = _rows(models, batches)
     seeds = len(results.seeds)
+    rows = _rows(models, batches, seeds)
     md = ["| | " + " | ".join(m.name for m in models) + " |", "|---|" + "---|" * len(models)]
     md += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
     md.append("")
     md.append(
-        f"Test error: mean ± standard deviation over {seeds} seed(s). MACs are multiply-accumulates of one "
-        "input. Latency: median of interleaved rounds on this machine (see each model's profile)."
+        f"Test error: mean ± standard deviation over {seeds} seed(s) (over n where marked: fewer finished). "
+        "MACs are multiply-accumulates of one input. Latency: median of interleaved rounds on this machine (see "
+        "each model's profile)."
     )
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -96,7 +99,7 @@ def exits_table(results: RunResults) -> dict[str, Any]:
         label = r[0].label + (" (probed)" if r[0].kind == "probe" and "probe" not in r[0].label.lower() else "")
         cells = ["-"] * width
         for m in r:
-            cells[m.output] = _fmt_err(m)
+            cells[m.output] = _fmt_err(m, len(results.seeds))
         md.append(f"| {label} | " + " | ".join(cells) + " |")
         w.writerow([label, *cells])
     md.append("")
