@@ -266,6 +266,35 @@ def test_a_selected_sitting_runs_only_its_share_then_the_rest_finishes(tmp_path,
         assert message in capsys.readouterr().err
 
 
+def test_reuse_matches_what_decides_training_and_nothing_else(tmp_path):
+    from compact.engine import TrainConfig
+    from compact.recipes.runner import REUSE_FILES, find_reusable
+
+    def stored(name: str, **kw) -> None:
+        folder = tmp_path / "other" / name / "seed0"
+        folder.mkdir(parents=True)
+        for f in REUSE_FILES:
+            (folder / f).write_text("x")
+        (folder / "config.yaml").write_text(TrainConfig(model="cifar_resnet20", exits=3, method="mwbp", **kw).to_yaml())
+        (folder / "done.json").write_text(json.dumps({"kind": "train"}))
+
+    stored("default-nu")  # nu unset: the constant schedule's 2
+    stored("adaptive", schedule="adaptive-1", workers=0)
+
+    def find(**kw):
+        cfg = TrainConfig(model="cifar_resnet20", exits=3, method="mwbp", **kw)
+        found = find_reusable(cfg, [str(tmp_path / "other")], tmp_path / "out")
+        return found and found.parent.name
+
+    assert find(nu=2) == "default-nu" and find(nu=2.0, workers=7, data_dir="/elsewhere") == "default-nu"
+    assert find(schedule="adaptive-1", nu=0.5) == "adaptive"
+    for differs in ({"nu": 1}, {"seed": 1}, {"epochs": 3}, {"subset": 100}, {"schedule": "adaptive-2"}):
+        assert find(**differs) is None, differs
+    # a run that is not finished is not reused (links: test_reuse_copies_only_runs_with_the_same_configuration)
+    (tmp_path / "other" / "default-nu" / "seed0" / "done.json").unlink()
+    assert find(nu=2) is None
+
+
 @needs_fmnist
 def test_reuse_copies_only_runs_with_the_same_configuration(tmp_path, capsys):
     first = _with(lambda r: r.update(entries=r["entries"][:2], claims=r["claims"][1:2]))

@@ -256,7 +256,7 @@ def find_reusable(cfg: Any, roots: tuple[str, ...] | list[str], out: Path) -> Pa
     from compact.engine import TrainConfig
     from compact.engine.config import read_yaml
 
-    want = {k: v for k, v in cfg.to_dict().items() if k not in REUSE_IGNORES}
+    want = _trained_as(cfg)
     for root in map(Path, roots):
         for done in sorted(root.glob("*/seed*/" + DONE)):
             folder = done.parent
@@ -270,9 +270,23 @@ def find_reusable(cfg: Any, roots: tuple[str, ...] | list[str], out: Path) -> Pa
                 stored = TrainConfig.from_dict(read_yaml(folder / "config.yaml"), str(folder / "config.yaml"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, CompactError):
                 continue  # not a run this version can read: never reused
-            if {k: v for k, v in stored.to_dict().items() if k not in REUSE_IGNORES} == want:
+            if _trained_as(stored) == want:
                 return folder
     return None
+
+
+def _trained_as(cfg: Any) -> dict[str, Any]:
+    """What decides how a configuration trains: every option but :data:`REUSE_IGNORES`, with defaults that
+    have two spellings written one way (``nu`` unset is its schedule's starting value; integral floats are
+    floats)."""
+    from compact.exits.weighting import SCHEDULES
+
+    values = {k: v for k, v in cfg.to_dict().items() if k not in REUSE_IGNORES}
+    if values.get("nu") is None and values.get("schedule") in SCHEDULES:
+        values["nu"] = SCHEDULES.get(values["schedule"]).default_nu
+    if isinstance(values.get("nu"), int | float):
+        values["nu"] = float(values["nu"])
+    return values
 
 
 def _reuse(source: Path, folder: Path, cfg: Any) -> None:
