@@ -245,8 +245,9 @@ def run_recipe(
 
 #: options a reused run may differ in: where the data lives and how it is read, never what is trained
 REUSE_IGNORES = ("data_dir", "download", "workers", "eval_batch_size")
-#: the files of a finished training run that a reuse copies (exports are made again, profiles measured again)
-REUSE_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "metrics.csv", "model.safetensors", "checkpoint.pt")
+#: the files of a finished training run that a reuse copies (exports are made again, profiles measured again);
+#: config.yaml last: a copy cut short has none, so the next run copies again instead of resuming a half copy
+REUSE_FILES = ("summary.json", "metrics.jsonl", "metrics.csv", "model.safetensors", "checkpoint.pt", "config.yaml")
 
 
 def find_reusable(cfg: Any, roots: tuple[str, ...] | list[str], out: Path) -> Path | None:
