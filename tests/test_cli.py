@@ -160,7 +160,7 @@ def test_train_needs_out_or_resume_and_mwbp_needs_exits(tmp_path, capsys):
     assert main(["train", *TINY]) == 2
     assert "give either --out RUN" in capsys.readouterr().err
     assert main(["train-mwbp", *TINY, "--out", str(tmp_path / "r")]) == 2
-    assert "train-mwbp needs auxiliary exits" in capsys.readouterr().err
+    assert "method mwbp trains several outputs but this run has only the final one" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "cfg.yaml").write_text("model: cifar_resnet20\nlearning_rate: 0.1\n")

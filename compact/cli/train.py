@@ -184,10 +184,6 @@ def _cmd_train(args) -> int:
         out = args.out
     if args.smoke and cfg.data.startswith("imagefolder:") and cfg.image_size is None:
         cfg = dataclasses.replace(cfg, image_size=SMOKE_IMAGE_SIZE)  # small images, unless a size was given
-    if args.fixed_method and cfg.placement == {"num_outputs": 1}:
-        raise CompactError(
-            f"{args.command} needs auxiliary exits: --exits N, --exit-blocks, --exit-layers or --exit-nodes"
-        )
     summary = train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=args.progress)
     if not summary:  # a process other than rank 0 of a distributed run: rank 0 reports
         return 0
