@@ -136,14 +136,14 @@ class TrainConfig:
         from compact.methods import METHODS
 
         method = METHODS.get(self.method)  # unknown methods list the valid ones
+        if method.needs_trained_trunk and not self.init_from:
+            raise CompactError(f"method {self.method} works on a trained network: set init_from (a run or model file)")
         if self.method != "standard" and self.placement == {"num_outputs": 1}:
             # every other method trains several outputs: with one it would be standard BP under another name
             raise CompactError(
                 f"method {self.method} trains several outputs but this run has only the final one; give exits "
                 "(--exits N with N >= 2, --exit-blocks, --exit-layers or --exit-nodes) or use method standard"
             )
-        if method.needs_trained_trunk and not self.init_from:
-            raise CompactError(f"method {self.method} works on a trained network: set init_from (a run or model file)")
         options = method.options
         if not isinstance(self.method_options, dict) or set(self.method_options) - set(options):
             valid = ", ".join(options) or "none"
