@@ -10,6 +10,14 @@ import numpy as np
 from compact.errors import CompactError
 
 
+def note_subset(info: Any, cfg: Any) -> None:
+    """Record in ``info.source`` the training subset and seed of the run ``cfg`` (where the held-out
+    training images start), unless the model file already records them (files made before it did)."""
+    if cfg is not None and cfg.subset:
+        info.source.setdefault("subset", cfg.subset)
+        info.source.setdefault("seed", cfg.seed)
+
+
 def _arrays(loader) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for x, y in loader:

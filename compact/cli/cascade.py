@@ -88,13 +88,12 @@ def _cmd_cascade(args) -> int:
 
 
 def _export(target: Path, out: Path, overwrite: bool = False) -> dict:
+    from compact.cascade.data import note_subset
     from compact.cascade.export import export_cascade
     from compact.cli.train import _load_target
 
     net, info, _, cfg = _load_target(target, "cpu")
-    if cfg is not None and cfg.subset:  # runs trained before model files recorded their subset
-        info.source.setdefault("subset", cfg.subset)
-        info.source.setdefault("seed", cfg.seed)
+    note_subset(info, cfg)
     if not getattr(net, "exit_nodes", None):
         raise CompactError(f"{target} is a single-output model ({info.kind}); a cascade needs auxiliary exits")
     manifest = export_cascade(net, info, out, overwrite=overwrite)

@@ -295,13 +295,14 @@ def _reuse(source: Path, folder: Path, cfg: Any) -> None:
     as this version writes it."""
     import shutil
 
+    from compact._atomic import atomic_path
+
     for name in REUSE_FILES:
         if name == "config.yaml":
             write_text(folder / name, cfg.to_yaml())
         else:
-            tmp = folder / f".{name}.tmp"
-            shutil.copyfile(source / name, tmp)
-            tmp.replace(folder / name)
+            with atomic_path(folder / name) as tmp:
+                shutil.copyfile(source / name, tmp)
 
 
 def _export_all(folder: Path) -> None:
@@ -424,7 +425,7 @@ def _cascade_options(entry: Entry, smoke: bool) -> dict[str, Any]:
 def _cascade(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> None:
     """Export the cascade of the entry named by ``of`` and sweep its thresholds on the test set (errors,
     exit shares, MACs); its latency is measured with the other timings, when every entry is done."""
-    from compact.cascade.data import study_data
+    from compact.cascade.data import note_subset, study_data
     from compact.cascade.export import export_cascade
     from compact.cascade.runtime import Cascade
     from compact.cascade.sweep import study
@@ -433,9 +434,7 @@ def _cascade(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSe
     folder = entry_dir(out, entry.name, seed)
     run = open_run(entry_dir(out, entry.spec["of"], seed))
     net, info = run.network()
-    if run.config.subset:  # where the held-out training images start
-        info.source.setdefault("subset", run.config.subset)
-        info.source.setdefault("seed", run.config.seed)
+    note_subset(info, run.config)
     export_cascade(net, info, folder / "cascade", overwrite=True)
     cascade = Cascade(folder / "cascade")
     data = effective_data(recipe.data, settings.to_dict())

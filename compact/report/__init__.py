@@ -9,7 +9,7 @@ from typing import Any
 
 from compact._atomic import write_text
 from compact.errors import CompactError
-from compact.recipes.runner import DONE, effective_data, entry_dir
+from compact.recipes.runner import effective_data, entry_dir
 from compact.report.cascade import cascade_series, cascades_markdown
 from compact.report.claims import claims_markdown, evaluate_claims
 from compact.report.collect import RunResults, collect
@@ -125,8 +125,7 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
 def budget_line(run: Path, results: RunResults, data: dict[str, Any]) -> str:
     """What the numbers below cost: training and test images, epochs per entry (as trained), seeds."""
     epochs: dict[int, list[str]] = {}
-    entries = results.recipe.entries
-    for entry in entries:
+    for entry in results.recipe.entries:
         for seed in results.seeds:
             path = entry_dir(run, entry.name, seed) / "summary.json"
             try:
@@ -137,7 +136,7 @@ def budget_line(run: Path, results: RunResults, data: dict[str, Any]) -> str:
                 epochs.setdefault(n, []).append(entry.name)
                 break
     per = "; ".join(f"{n} epoch{'s' if n != 1 else ''}: {', '.join(names)}" for n, names in sorted(epochs.items()))
-    done = {e.name: [s for s in results.seeds if (entry_dir(run, e.name, s) / DONE).is_file()] for e in entries}
+    done = results.finished
     if any(len(v) < len(results.seeds) for v in done.values()):  # a partial run: say which seeds each entry has
         per += "; seeds finished so far: " + ", ".join(
             f"{name} {'/'.join(map(str, v)) if v else 'none'}" for name, v in done.items()

@@ -87,6 +87,8 @@ class RunResults:
     cascades: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: "<entry> seed <s> <- <source>" for every trained entry taken from another run (compact run --reuse)
     reused: list[str] = field(default_factory=list)
+    #: entry -> the seeds it has finished (``done.json``), in the run's seed order
+    finished: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -189,12 +191,14 @@ def collect(run: Path) -> RunResults:
     seeds = seeds_of(recipe, bool(settings.get("smoke")))
     cascades: dict[str, dict[str, Any]] = {}
     reused: list[str] = []
+    finished: dict[str, list[int]] = {e.name: [] for e in recipe.entries}
     for entry in recipe.entries:
         for seed in seeds:
             folder = entry_dir(run, entry.name, seed)
             if not (folder / DONE).is_file():
                 missing.append(f"{entry.name} seed {seed} (not finished)")
                 continue
+            finished.setdefault(entry.name, []).append(seed)
             source = _read(folder / DONE).get("reused_from")
             if isinstance(source, str):
                 reused.append(f"{entry.name} seed {seed} <- {' '.join(source.split())[:200]}")
@@ -235,4 +239,4 @@ def collect(run: Path) -> RunResults:
                 _add_error(m, row["test_error_pct"], seed, failed)
                 profile = folder / "exports" / f"output{k}.profile.json"
                 _add_profile(m, profile, missing, f"{entry.name} seed {seed} output {k}")
-    return RunResults(recipe, settings, list(models.values()), missing, seeds, failed, cascades, reused)
+    return RunResults(recipe, settings, list(models.values()), missing, seeds, failed, cascades, reused, finished)
