@@ -27,7 +27,7 @@ def _run(name: str) -> dict:
 def test_every_benchmark_has_a_quick_mode():
     scripts = sorted(p.name for p in BENCHMARKS.glob("*.py"))
     assert scripts == ["bp_cost.py", "cascade_overhead.py", "ddp_scaling.py", "face_verification.py", "gpu_check.py",
-                       "prune_cost.py", "train_throughput.py"]  # fmt: skip
+                       "prune_cost.py", "thread_split.py", "train_throughput.py"]  # fmt: skip
     for name in scripts:
         assert "--quick" in (BENCHMARKS / name).read_text(), name
 
@@ -52,6 +52,16 @@ def test_cascade_overhead_quick_times_the_cascade_against_the_full_graph():
     assert set(figures["ms_per_image"]) == {"full graph", "full graph, ORT defaults", "cascade t=1", "segments only"}
     assert all(v["median"] > 0 for d in figures["ms_per_image"].values() for v in d.values())
     assert 0 < figures["macs_overhead"] < 0.01  # the heads only: no feature is computed twice
+
+
+def test_thread_split_quick_times_both_layouts():
+    import os
+
+    figures = _run("thread_split.py")
+    n = os.cpu_count() or 1
+    assert set(figures["images_per_s"]) == {f"1 process x {n} threads", f"{n} processes x 1 thread"}
+    one, split = figures["images_per_s"].values()
+    assert one > 0 and split > 0 and figures["split_over_threads"] == pytest.approx(split / one, rel=0.01)
 
 
 def test_gpu_check_says_when_there_is_no_gpu():

@@ -266,6 +266,48 @@ def test_a_selected_sitting_runs_only_its_share_then_the_rest_finishes(tmp_path,
         assert message in capsys.readouterr().err
 
 
+def test_two_runs_on_one_folder_share_the_jobs_and_take_over_a_dead_ones(tmp_path, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    raw = _with(lambda r: r.update(entries=r["entries"][:3], claims=r["claims"][:2]))
+    recipe_file = tmp_path / "small.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    base = ["run", str(recipe_file), "--smoke", "--out", str(out), "--no-progress"]
+    assert main([*base, "--entries", "standard"]) == 0
+    capsys.readouterr()
+    # another live run (here: this very process, alive) holds mwbp: it is skipped, and so is the probe that needs it
+    held = out / "mwbp" / "seed0"
+    held.mkdir(parents=True)
+    (held / "entry.json").write_text(json.dumps({"entry": "mwbp", "seed": 0}))
+    from compact.recipes.locks import _me
+
+    (held / ".running.lock").write_text(json.dumps(_me()))
+    assert main(base) == 0
+    text = capsys.readouterr().out
+    assert f"mwbp (train): another compact run is on it (pid {os.getpid()} on {socket.gethostname()}" in text
+    assert "standard-probe (probe): needs mwbp (seed 0), not finished yet; skipped" in text
+    assert not (held / "done.json").exists() and not (out / "standard-probe" / "seed0" / "done.json").exists()
+    assert "profiling and cascade timing wait" in text and not list(out.glob("*/seed0/exports/*.profile.json"))
+    # the holder died (killed: its lock stays): the next run takes the job over; profiling is held elsewhere
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (held / ".running.lock").write_text(json.dumps({**_me(), "pid": dead.pid, "start": None}))
+    (out / ".running.lock").write_text(json.dumps(_me()))
+    assert main(base) == 0
+    text = capsys.readouterr().out
+    assert (held / "done.json").is_file() and (out / "standard-probe" / "seed0" / "done.json").is_file()
+    assert not (held / ".running.lock").exists()
+    assert "another compact run is profiling" in text and not list(out.glob("*/seed0/exports/*.profile.json"))
+    (out / ".running.lock").unlink()
+    assert main(base) == 0
+    assert re.search(r"profiling \d+ models in one interleaved session", capsys.readouterr().out)
+    assert list(out.glob("*/seed0/exports/*.profile.json")) and not (out / ".running.lock").exists()
+
+
 def test_reuse_matches_what_decides_training_and_nothing_else(tmp_path):
     from compact.engine import TrainConfig
     from compact.recipes.runner import REUSE_FILES, find_reusable

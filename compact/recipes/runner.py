@@ -9,10 +9,14 @@ Layout of the output folder::
     <entry>/seed<s>/cascade/, cascade.json   a cascade entry: the exported cascade and its threshold sweep
     <entry>/seed<s>/entry.json       marks the folder as this recipe's (only such folders are ever replaced)
     <entry>/seed<s>/done.json        written when the entry's training is finished: skipped next time
+    <entry>/seed<s>/.running.lock    while a process runs the job (also in the output folder while profiling)
 
 An entry that stopped half-way (a killed run) is resumed from its checkpoint. When every entry is done,
 all models not yet profiled are profiled in one session, their latencies measured interleaved; then the
 cascades not yet timed are timed (each in its own interleaved session, with its static exits).
+
+Several processes may run on one output folder at once (e.g. ``--entries`` shares side by side, one core
+each): a job held by another live process is skipped, as is a job whose entries it needs are not finished.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 from compact._atomic import write_text
 from compact.engine.config import SMOKE, SMOKE_IMAGE_SIZE
 from compact.errors import CompactError
+from compact.recipes.locks import job_lock
 from compact.recipes.schema import Entry, Recipe
 
 SMOKE_PROFILE = {"batches": [1, 2], "rounds": 1, "repeats": 1}
@@ -35,6 +40,9 @@ SMOKE_SEARCH = {"steps": 3, "tolerance": 0.5, "refine": False}
 DONE = "done.json"
 #: the stamp of an output folder (recipe and settings) and the marker of each entry folder it made
 STAMP, MARK = "recipe.json", "entry.json"
+#: held by the process running a job (in its folder) or profiling the run (in the output folder): several
+#: ``compact run`` processes may share one output folder, each job is done once (:mod:`compact.recipes.locks`)
+LOCK = ".running.lock"
 
 
 @dataclass
@@ -208,27 +216,54 @@ def run_recipe(
             log(f"{head}: done before, skipped")
             statuses.append(json.loads((folder / DONE).read_text()))
             continue
-        log(f"{head} ...")
+        waiting = [r for r in entry.references() if not (entry_dir(out, r, seed) / DONE).is_file()]
+        if waiting:  # only when another process runs it (in this process, references come first)
+            log(f"{head}: needs {', '.join(waiting)} (seed {seed}), not finished yet; skipped")
+            continue
         claim(out, folder, entry.name, seed)
-        t0 = time.perf_counter()
-        runner = {"train": _train, "probe": _probe, "prune": _prune, "cascade": _cascade}[entry.kind]
-        extra = runner(recipe, entry, seed, out, settings, log) or {}
-        status = {
-            "entry": entry.name,
-            "kind": entry.kind,
-            "seed": seed,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "smoke": settings.smoke,
-            **extra,
-        }
-        write_text(folder / DONE, json.dumps(status, indent=2) + "\n")
-        statuses.append(status)
-        log(f"{head}: finished in {status['seconds']:.0f} s")
+        with job_lock(folder / LOCK) as holder:
+            if holder is not None:
+                log(f"{head}: another compact run is on it ({holder}); skipped")
+                continue
+            if (folder / DONE).is_file():  # finished by another process between the check and the lock
+                log(f"{head}: done before, skipped")
+                statuses.append(json.loads((folder / DONE).read_text()))
+                continue
+            log(f"{head} ...")
+            statuses.append(_run_job(recipe, entry, seed, out, settings, log))
+            log(f"{head}: finished in {statuses[-1]['seconds']:.0f} s")
     left = pending_jobs(out, recipe, settings.smoke)
     if left:
         log(f"{len(left)} job(s) of the recipe not run yet (e.g. {left[0]}): profiling and cascade timing wait "
             "until every entry is done")  # fmt: skip
         return statuses
+    with job_lock(out / LOCK) as holder:
+        if holder is not None:
+            log(f"another compact run is profiling {out} ({holder}); not profiling here")
+            return statuses
+        _measure(out, recipe, settings, log)
+    return statuses
+
+
+def _run_job(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> dict[str, Any]:
+    """Run one job (its folder claimed and locked) and write its ``done.json``; returns that status."""
+    t0 = time.perf_counter()
+    runner = {"train": _train, "probe": _probe, "prune": _prune, "cascade": _cascade}[entry.kind]
+    extra = runner(recipe, entry, seed, out, settings, log) or {}
+    status = {
+        "entry": entry.name,
+        "kind": entry.kind,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "smoke": settings.smoke,
+        **extra,
+    }
+    write_text(entry_dir(out, entry.name, seed) / DONE, json.dumps(status, indent=2) + "\n")
+    return status
+
+
+def _measure(out: Path, recipe: Recipe, settings: RunSettings, log) -> None:
+    """Profile every model not yet profiled (one interleaved session), then time the cascades not yet timed."""
     files = model_files(out, recipe, settings.smoke)
     todo = [f for f in files if not f.with_name(f.name.removesuffix(".safetensors") + ".profile.json").is_file()]
     if todo:
@@ -240,7 +275,6 @@ def run_recipe(
             if entry.kind == "cascade" and path.is_file() and "latency" not in json.loads(path.read_text()):
                 log(f"timing the cascade {entry.name} (seed {seed}) ...")
                 _time_cascade(entry, path.parent, settings)
-    return statuses
 
 
 #: options a reused run may differ in: where the data lives and how it is read, never what is trained
