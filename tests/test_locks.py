@@ -88,3 +88,13 @@ def test_a_lock_replaced_by_a_taker_is_not_removed_by_the_first_holder(tmp_path)
         assert holder is None
         path.write_text(json.dumps({"host": "elsewhere.example", "pid": 7}))  # someone took it over
     assert json.loads(path.read_text())["pid"] == 7
+
+
+def test_a_folder_in_the_locks_place_is_a_clear_refusal(tmp_path):
+    path = tmp_path / ".running.lock"
+    path.mkdir()
+    old = path.stat().st_mtime - UNREADABLE_GRACE_S - 5
+    os.utime(path, (old, old))
+    with job_lock(path) as holder:
+        assert holder is not None and "cannot be taken (it is not a plain file" in holder
+    assert path.is_dir()

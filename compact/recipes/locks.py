@@ -85,7 +85,7 @@ def _holder(path: Path) -> dict | None:
         holder = {}
     if holder and (holder.get("host") != socket.gethostname() or _alive(holder)):
         return holder
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # (a folder in its place stays, and the taker gives up after a few tries)
         path.unlink()
     return None
 
@@ -106,7 +106,7 @@ def job_lock(path: str | Path) -> Iterator[str | None]:
             continue
         break
     else:
-        yield f"a lock at {path} that keeps coming back (another run is taking it)"
+        yield f"the lock {path} cannot be taken (it is not a plain file, or keeps reappearing)"
         return
     mine = _me()
     try:
