@@ -50,6 +50,69 @@ def test_tiny_net_counts_by_hand():
     assert "aten::add" in c.skipped_ops  # the residual addition is not counted, and says so
 
 
+class Idioms(nn.Module):
+    """Matrix products that no Conv/Linear module holds: a bare weight through F.linear, ``@`` and einsum,
+    fused attention, nn.MultiheadAttention (batch-first), and a transposed and a depthwise convolution."""
+
+    def __init__(self, d: int = 8, heads: int = 2):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(d, d))
+        self.mha = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.up = nn.ConvTranspose2d(d, 4, 2, stride=2)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+
+    def forward(self, x):  # x: (1, d, 2, 3): six tokens of width d
+        t = x.flatten(2).transpose(1, 2)  # (1, 6, d)
+        t = nn.functional.linear(t, self.w)
+        t = t + (t @ self.w) + torch.einsum("bld,de->ble", t, self.w)
+        q = t.reshape(1, 6, 2, 4).transpose(1, 2)  # two heads of width 4
+        t = t + nn.functional.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(1, 6, 8)
+        t = t + self.mha(t, t, t, need_weights=False)[0]
+        return self.dw(self.up(t.transpose(1, 2).reshape(1, 8, 2, 3)))
+
+
+def _idioms_by_hand(tokens: int = 6, d: int = 8) -> int:
+    products = 3 * tokens * d * d  # F.linear, @ and einsum
+    sdpa = 2 * (2 * tokens * tokens * 4)  # two heads: scores and values, tokens x tokens x 4 each
+    mha = 4 * tokens * d * d + 2 * tokens * tokens * d  # q, k, v and output projections; attention
+    up = (2 * 3) * 4 * (2 * 2)  # transposed: each input position spreads to out_channels x 2 x 2
+    dw = (4 * 4 * 6) * (1 * 3 * 3)  # depthwise: one input channel per output
+    return products + sdpa + mha + up * d + dw
+
+
+def test_matrix_products_outside_modules_and_fused_attention_count_by_hand():
+    torch.manual_seed(0)
+    model = Idioms().eval()
+    want = _idioms_by_hand()
+    assert conv_linear_macs(model, (8, 2, 3)) == want  # (the eval, no-grad path: MHA's fused fast path)
+    assert count(model, (8, 2, 3)).macs_conv_linear == want
+    with torch.enable_grad():  # (with grad, MHA runs its projections and SDPA one by one)
+        assert count(model, (8, 2, 3)).macs_conv_linear == want
+
+
+def test_a_vision_transformer_counts_as_its_architecture_says():
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10).eval()
+    tokens, d, depth = (64 // 16) ** 2 + 1, 192, 12
+    block = 4 * tokens * d * d + 2 * tokens * tokens * d + 2 * tokens * d * 4 * d  # attention and MLP
+    want = depth * block + (64 // 16) ** 2 * d * (3 * 16 * 16) + d * 10  # blocks, patch embedding, classifier
+    assert conv_linear_macs(model, (3, 64, 64)) == want == count(model, (3, 64, 64)).macs_conv_linear
+
+
+def test_a_product_the_counter_cannot_count_is_refused_by_name():
+    class MatVec(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x):
+            return torch.mv(self.w, x.flatten())
+
+    with pytest.raises(CompactError, match=r"cannot count the MACs of aten\.mv in MatVec: .* would leave it out"):
+        conv_linear_macs(MatVec(), (4, 1, 1))
+
+
 @pytest.mark.parametrize(
     "arch, macs, params", [("cifar_resnet56", 125.5e6, 0.85e6), ("cifar_resnet110", 252.9e6, 1.73e6)]
 )

@@ -1,61 +1,158 @@
 """Counting parameters and multiply-accumulates (MACs).
 
-Two counters that agree on convolutions and linear layers:
+Two counters that agree on convolutions, matrix products and attention:
 
-- :func:`conv_linear_macs`: forward hooks on ``Conv*d`` / ``Linear`` modules; exact, fast (one forward),
-  and what the pruning literature reports as "FLOPs" (one fused multiply-add = one MAC). The pruning
-  target search calls it many times.
+- :func:`conv_linear_macs`: the MACs of every convolution, matrix product and attention operator of one
+  eager forward, counted at the ATen level (a ``TorchDispatchMode``), so a functional call
+  (``F.linear`` on a bare weight, ``q @ k.T``, fused attention) counts as much as a module does; fast, and
+  what the pruning literature reports as "FLOPs" (one fused multiply-add = one MAC). The pruning target
+  search calls it many times. An operator of that kind it has no formula for is an error, never a silent
+  zero.
 - :func:`count`: fvcore's ``FlopCountAnalysis`` (a traced forward; fvcore counts one fused multiply-add as
   one flop, i.e. MACs) for the total, including normalisation and pooling layers it knows, plus the list of
-  operators it skipped, so that a count is never silently low.
+  operators it skipped, so that a count is never silently low. compact adds handles for fused attention
+  (``scaled_dot_product_attention``, and ``_native_multi_head_attention``: ``nn.MultiheadAttention``'s
+  inference fast path, projections included), which fvcore skips.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-_CONV_LINEAR_OPS = ("conv", "linear", "addmm", "matmul", "bmm", "einsum")
+from compact.errors import CompactError
+
+#: fvcore operator names (prefixes) that are convolutions, matrix products or attention
+_CONV_LINEAR_OPS = ("conv", "linear", "addmm", "matmul", "bmm", "einsum", "scaled_dot_product", "_native_multi_head")
+#: ATen operators of that kind (by name) that :func:`conv_linear_macs` must count or refuse: a convolution, a
+#: matrix or matrix-vector product, or attention
+_HEAVY_OP = re.compile(
+    r"(^|_)conv(olution|_|\d|$)|(^|_)(mm|bmm|addmm|baddbmm|addbmm|addmv|mv|dot|vdot|matmul|einsum|linear)(_|$)"
+    r"|attention|multi_head"
+)
+
+
+def attention_macs(query: Sequence[int], key: Sequence[int], value: Sequence[int]) -> int:
+    """MACs of scaled dot-product attention on shapes (..., L, E), (..., S, E), (..., S, Ev): the scores
+    (L x S x E) and their product with the values (L x S x Ev) for each of the leading (batch, head) dims;
+    grouped-query key/value heads are broadcast to the query's."""
+    *lead, length, e = query
+    s, ev = key[-2], value[-1]
+    return math.prod(lead) * length * s * (e + ev)
+
+
+def mha_macs(query: Sequence[int], key: Sequence[int], embed: int, proj_out: int) -> int:
+    """MACs of ``nn.MultiheadAttention``'s fused inference op (batch-first (B, L, E) query, (B, S, E) key and
+    value): the q, k and v projections, attention over all heads (E split into heads leaves the products'
+    total unchanged) and the output projection."""
+    *lead, length, _ = query
+    s = key[-2]
+    n = math.prod(lead)
+    return n * (length * embed * embed + 2 * s * embed * embed + 2 * length * s * embed + length * embed * proj_out)
 
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _conv(args: tuple, out: Any) -> int:
+    """(input, weight, bias, stride, padding, dilation, transposed, ...): a convolution spends
+    (in_channels / groups) * kernel MACs per output element; a transposed one (weight (in, out / groups, k...))
+    spends (out_channels / groups) * kernel per input element."""
+    transposed = len(args) > 6 and args[6] is True
+    return (args[0] if transposed else out).numel() * args[1][0].numel()
+
+
+def _mm(args: tuple, out: Any) -> int:  # (n, k) @ (k, m)
+    a, b = args[0].shape, args[1].shape
+    return a[0] * a[1] * b[1]
+
+
+def _addmm(args: tuple, out: Any) -> int:  # bias + (n, k) @ (k, m)
+    return _mm(args[1:], out)
+
+
+def _bmm(args: tuple, out: Any) -> int:  # (b, n, k) @ (b, k, m)
+    a, b = args[0].shape, args[1].shape
+    return a[0] * a[1] * a[2] * b[2]
+
+
+def _baddbmm(args: tuple, out: Any) -> int:
+    return _bmm(args[1:], out)
+
+
+def _sdpa(args: tuple, out: Any) -> int:
+    return attention_macs(*(list(t.shape) for t in args[:3]))
+
+
+def _mha(args: tuple, out: Any) -> int:  # query, key, value, embed_dim, num_heads, qkv_w, qkv_b, proj_w, ...
+    return mha_macs(list(args[0].shape), list(args[1].shape), int(args[3]), args[7].shape[0])
+
+
+#: ATen operators (by name) and their MACs from a call's arguments and (first) output
+_FORMULAS = {
+    "convolution": _conv,
+    "_convolution": _conv,
+    "mm": _mm,
+    "addmm": _addmm,
+    "bmm": _bmm,
+    "baddbmm": _baddbmm,
+    "_scaled_dot_product_flash_attention_for_cpu": _sdpa,
+    "_scaled_dot_product_flash_attention": _sdpa,
+    "_scaled_dot_product_efficient_attention": _sdpa,
+    "_scaled_dot_product_cudnn_attention": _sdpa,
+    "_native_multi_head_attention": _mha,
+}
+
+
+class _MacCounter(TorchDispatchMode):
+    """Sums the MACs of the operators in :data:`_FORMULAS` that a forward calls, and collects the names of
+    convolution, matrix product or attention operators it has no formula for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+        self.unknown: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        formula = _FORMULAS.get(name)
+        if formula is not None:
+            self.macs += int(formula(args, out[0] if isinstance(out, tuple | list) else out))
+        elif _HEAVY_OP.search(name):
+            self.unknown.add(f"{func.namespace}.{name}")
+        return out
+
+
 @torch.no_grad()
 def conv_linear_macs(model: nn.Module, input_size: Sequence[int]) -> int:
-    """MACs of every convolution and linear layer for one input of ``input_size`` (C, H, W), eval mode."""
-    total = 0
-
-    def conv_hook(m: nn.Module, inputs, output) -> None:
-        nonlocal total
-        kernel = m.weight[0].numel()  # (in_channels / groups) * k_h * k_w: the MACs of one output element
-        total += output.numel() * kernel
-
-    def linear_hook(m: nn.Module, inputs, output) -> None:
-        nonlocal total
-        total += output.numel() * m.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+    """MACs of every convolution, matrix product and attention operator for one input of ``input_size``
+    (C, H, W), eval mode. Raises :class:`CompactError` naming an operator of that kind it cannot count."""
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    counter = _MacCounter()
     try:
-        model(torch.zeros(1, *input_size, device=device))
+        with counter:
+            model(torch.zeros(1, *input_size, device=device))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return int(total)
+    if counter.unknown:
+        raise CompactError(
+            f"cannot count the MACs of {', '.join(sorted(counter.unknown))} in {type(model).__name__}: a MACs "
+            "figure (or a pruning target) would leave it out; counted are convolutions, matrix products and "
+            "attention (scaled_dot_product_attention, nn.MultiheadAttention)"
+        )
+    return counter.macs
 
 
 @dataclass
@@ -83,6 +180,9 @@ def count(model: nn.Module, input_size: Sequence[int] | None = None, inputs: tup
             from fvcore.nn import FlopCountAnalysis
 
             analysis = FlopCountAnalysis(model, args)
+            analysis.set_op_handle(
+                "aten::scaled_dot_product_attention", _fvcore_sdpa, "aten::_native_multi_head_attention", _fvcore_mha
+            )
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             by_op = dict(analysis.by_operator())
@@ -91,3 +191,21 @@ def count(model: nn.Module, input_size: Sequence[int] | None = None, inputs: tup
         model.train(was_training)
     conv_linear = sum(v for k, v in by_op.items() if any(k.startswith(op) for op in _CONV_LINEAR_OPS))
     return Counts(param_count(model), int(sum(by_op.values())), int(conv_linear), by_op, skipped)
+
+
+def _shape(value: Any) -> list[int]:
+    from fvcore.nn.jit_handles import get_shape
+
+    shape = get_shape(value)
+    if shape is None:
+        raise CompactError("fvcore traced an attention operator without tensor shapes; cannot count its MACs")
+    return list(shape)
+
+
+def _fvcore_sdpa(inputs: list[Any], outputs: list[Any]) -> int:
+    return attention_macs(_shape(inputs[0]), _shape(inputs[1]), _shape(inputs[2]))
+
+
+def _fvcore_mha(inputs: list[Any], outputs: list[Any]) -> int:
+    qkv_weight, proj_weight = _shape(inputs[5]), _shape(inputs[7])
+    return mha_macs(_shape(inputs[0]), _shape(inputs[1]), qkv_weight[1], proj_weight[0])
