@@ -292,6 +292,7 @@ def test_two_runs_on_one_folder_share_the_jobs_and_take_over_a_dead_ones(tmp_pat
     assert "standard-probe (probe): needs mwbp (seed 0), not finished yet; skipped" in text
     assert not (held / "done.json").exists() and not (out / "standard-probe" / "seed0" / "done.json").exists()
     assert "profiling and cascade timing wait" in text and not list(out.glob("*/seed0/exports/*.profile.json"))
+    assert "2 job(s) of this run are not finished (another compact run holds them, or they need one it holds)" in text
     # the holder died (killed: its lock stays): the next run takes the job over; profiling is held elsewhere
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

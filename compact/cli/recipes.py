@@ -53,6 +53,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def _cmd_run(args) -> int:
     from compact.recipes import RunSettings, load_recipe, pending_jobs, run_recipe
+    from compact.recipes.runner import DONE, entry_dir, select_jobs
 
     recipe = load_recipe(args.recipe)
     out = Path(args.out or Path("runs") / recipe.name)  # the name is a plain path component (validated)
@@ -74,8 +75,13 @@ def _cmd_run(args) -> int:
         reuse=tuple(args.reuse),
     )
     run_recipe(recipe, out, settings, log=lambda m: print(m, flush=True))
+    jobs, _ = select_jobs(recipe, settings)
+    unfinished = [f"{e.name} (seed {s})" for s, e in jobs if not (entry_dir(out, e.name, s) / DONE).is_file()]
     left = pending_jobs(out, recipe, args.smoke)
-    if left:
+    if unfinished:
+        print(f"{len(unfinished)} job(s) of this run are not finished (another compact run holds them, or they "
+              f"need one it holds), e.g. {unfinished[0]}; run the same command again once it is done")  # fmt: skip
+    elif left:
         print(f"the selected entries of {recipe.name} are done in {out}; {len(left)} job(s) remain (run without "
               f"--entries/--seeds to finish); a report of what is done: compact report {out} --partial")  # fmt: skip
     else:
