@@ -261,6 +261,12 @@ def test_recipes_replace_only_folders_they_made(tmp_path):
     (foreign / "config.yaml").write_text("someone else's run\n")
     with pytest.raises(CompactError, match="holds files that compact run did not make"):
         claim(out, foreign, "deep-fpgm", 0)
+    racing = out / "deep-sfp" / "seed0"  # another process is claiming it: its marker's temporary, its lock
+    racing.mkdir(parents=True)
+    (racing / ".entry.json.k3j4.tmp").write_text("")
+    (racing / ".running.lock").write_text("{}")
+    claim(out, racing, "deep-sfp", 0)
+    assert (racing / "entry.json").is_file()
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (out / "linked").mkdir()

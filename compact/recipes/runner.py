@@ -188,9 +188,15 @@ def claim(out: Path, folder: Path, entry: str, seed: int) -> None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             pass
         raise CompactError(f"{folder} belongs to another entry or seed ({mark} differs); use another --out")
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    if folder.exists() and (not folder.is_dir() or any(not _ours(f.name) for f in folder.iterdir())):
         raise CompactError(f"{folder} holds files that compact run did not make; move them away or use another --out")
     write_text(mark, json.dumps(want) + "\n")
+
+
+def _ours(name: str) -> bool:
+    """A file another ``compact run`` process may be writing in a folder it is claiming: a temporary file
+    of :func:`compact._atomic.atomic_path` (``.<name>.<random>.tmp``) or a job lock."""
+    return name == LOCK or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def run_recipe(
