@@ -79,6 +79,9 @@ def test_claims_compare_exits_of_equal_depth_and_pruned_models_at_matched_latenc
         ("exit at layer 13: mwbp vs probe", "missing"),
     ]
     assert exits[0]["mean"] == pytest.approx(-5.1666667)
+    assert exits[1]["note"] == "probe has no exit at layer 13"
+    unfinished = evaluate_claims([{"kind": "exits", "mwbp": "mwbp", "against": ["joint"]}], models)
+    assert [r["note"] for r in unfinished] == ["joint has no result"] * 2  # not "no exit": nothing finished yet
     pruned = {r["other"]: r for r in rows if r["claim"] == "pruned"}
     assert pruned["l1"]["verdict"] == "inconclusive" and pruned["l1"]["mean"] == 0  # identical errors: a tie
     assert pruned["l1"]["latency_matched"] is True and pruned["sfp"]["latency_matched"] is False

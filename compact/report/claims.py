@@ -126,7 +126,8 @@ def evaluate_claims(claims: Sequence[dict[str, Any]], models: Sequence[Any]) -> 
                 for m in [m for m in mw if not m.is_final]:
                     same = next((o for o in theirs if o.depth == m.depth and not o.is_final), None)
                     what = f"exit at layer {m.depth}: {claim['mwbp']} vs {other}"
-                    rows.append(_row(claim, m, same, what, "" if same else f"{other} has no exit at layer {m.depth}"))
+                    gap = f"{other} has no exit at layer {m.depth}" if theirs else f"{other} has no result"
+                    rows.append(_row(claim, m, same, what, "" if same else gap))
                 if not mw:
                     rows.append(
                         _row(claim, None, None, f"{claim['mwbp']} vs {other}", f"{claim['mwbp']} has no result")
