@@ -236,13 +236,19 @@ def test_a_selection_adds_what_it_needs_and_names_wrong_choices():
         select_jobs(recipe, RunSettings(smoke=True, seeds=(1,)))
 
 
-@needs_fmnist
-def test_a_selected_sitting_runs_only_its_share_then_the_rest_finishes(tmp_path, capsys):
+def _small_demo(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The demo's first three entries (standard, mwbp, standard-probe) as a recipe file: its output folder
+    and the `compact run --smoke` arguments that run it."""
     raw = _with(lambda r: r.update(entries=r["entries"][:3], claims=r["claims"][:2]))
     recipe_file = tmp_path / "small.yaml"
     recipe_file.write_text(yaml.safe_dump(raw))
     out = tmp_path / "run"
-    base = ["run", str(recipe_file), "--smoke", "--out", str(out), "--no-progress"]
+    return out, ["run", str(recipe_file), "--smoke", "--out", str(out), "--no-progress"]
+
+
+@needs_fmnist
+def test_a_selected_sitting_runs_only_its_share_then_the_rest_finishes(tmp_path, capsys):
+    out, base = _small_demo(tmp_path)
     assert main([*base, "--entries", "standard"]) == 0
     text = capsys.readouterr().out
     assert (out / "standard" / "seed0" / "done.json").is_file() and not (out / "mwbp").exists()
@@ -266,17 +272,14 @@ def test_a_selected_sitting_runs_only_its_share_then_the_rest_finishes(tmp_path,
         assert message in capsys.readouterr().err
 
 
+@needs_fmnist
 def test_two_runs_on_one_folder_share_the_jobs_and_take_over_a_dead_ones(tmp_path, capsys):
     import os
     import socket
     import subprocess
     import sys
 
-    raw = _with(lambda r: r.update(entries=r["entries"][:3], claims=r["claims"][:2]))
-    recipe_file = tmp_path / "small.yaml"
-    recipe_file.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "run"
-    base = ["run", str(recipe_file), "--smoke", "--out", str(out), "--no-progress"]
+    out, base = _small_demo(tmp_path)
     assert main([*base, "--entries", "standard"]) == 0
     capsys.readouterr()
     # another live run (here: this very process, alive) holds mwbp: it is skipped, and so is the probe that needs it

@@ -53,7 +53,6 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def _cmd_run(args) -> int:
     from compact.recipes import RunSettings, load_recipe, pending_jobs, run_recipe
-    from compact.recipes.runner import DONE, entry_dir, select_jobs
 
     recipe = load_recipe(args.recipe)
     out = Path(args.out or Path("runs") / recipe.name)  # the name is a plain path component (validated)
@@ -75,8 +74,7 @@ def _cmd_run(args) -> int:
         reuse=tuple(args.reuse),
     )
     run_recipe(recipe, out, settings, log=lambda m: print(m, flush=True))
-    jobs, _ = select_jobs(recipe, settings)
-    unfinished = [f"{e.name} (seed {s})" for s, e in jobs if not (entry_dir(out, e.name, s) / DONE).is_file()]
+    unfinished = pending_jobs(out, recipe, args.smoke, settings)
     left = pending_jobs(out, recipe, args.smoke)
     if unfinished:
         print(f"{len(unfinished)} job(s) of this run are not finished (another compact run holds them, or they "

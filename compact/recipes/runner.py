@@ -106,14 +106,14 @@ def select_jobs(recipe: Recipe, settings: RunSettings) -> tuple[list[tuple[int, 
     return [(seed, e) for seed in seeds for e in order], added
 
 
-def pending_jobs(out: Path, recipe: Recipe, smoke: bool = False) -> list[str]:
-    """``entry (seed s)`` for every job of the whole recipe that has not finished in ``out``."""
-    return [
-        f"{e.name} (seed {seed})"
-        for seed in seeds_of(recipe, smoke)
-        for e in recipe.ordered()
-        if not (entry_dir(out, e.name, seed) / DONE).is_file()
-    ]
+def pending_jobs(out: Path, recipe: Recipe, smoke: bool = False, settings: RunSettings | None = None) -> list[str]:
+    """``entry (seed s)`` for every job that has not finished in ``out``: of the whole recipe, or of the
+    selection in ``settings`` (the jobs :func:`select_jobs` gives)."""
+    if settings is None:
+        jobs = [(seed, e) for seed in seeds_of(recipe, smoke) for e in recipe.ordered()]
+    else:
+        jobs = select_jobs(recipe, settings)[0]
+    return [f"{e.name} (seed {seed})" for seed, e in jobs if not (entry_dir(out, e.name, seed) / DONE).is_file()]
 
 
 def entry_dir(out: Path, entry: str, seed: int) -> Path:
