@@ -336,6 +336,9 @@ def test_reuse_matches_what_decides_training_and_nothing_else(tmp_path):
     assert find(schedule="adaptive-1", nu=0.5) == "adaptive"
     for differs in ({"nu": 1}, {"seed": 1}, {"epochs": 3}, {"subset": 100}, {"schedule": "adaptive-2"}):
         assert find(**differs) is None, differs
+    # a finished run kept without its checkpoint (the optimizer state, for resuming only) is still reused
+    (tmp_path / "other" / "default-nu" / "seed0" / "checkpoint.pt").unlink()
+    assert find(nu=2) == "default-nu"
     # a run that is not finished is not reused (links: test_reuse_copies_only_runs_with_the_same_configuration)
     (tmp_path / "other" / "default-nu" / "seed0" / "done.json").unlink()
     assert find(nu=2) is None
@@ -376,6 +379,33 @@ def test_reuse_copies_only_runs_with_the_same_configuration(tmp_path, capsys):
     assert main(["run", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "b"), "--reuse", str(tmp_path / "x"),
                  *smoke]) == 2  # fmt: skip
     assert f"--reuse {tmp_path / 'x'}: no such folder" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_a_run_folder_kept_without_what_it_can_remake_finishes(demo_run, tmp_path, capsys):
+    """A run folder kept in git drops the checkpoints of finished runs and the cascades' ONNX files: the
+    run still profiles, reuses and times its cascade, which is exported again exactly as it was swept."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    for ckpt in run.glob("*/seed0/checkpoint.pt"):
+        ckpt.unlink()
+    folder = run / "mwbp-cascade" / "seed0"
+    manifest = json.loads((folder / "cascade" / "manifest.json").read_text())
+    shutil.rmtree(folder / "cascade")
+    study = json.loads((folder / "cascade.json").read_text())
+    swept = study.pop("latency")
+    (folder / "cascade.json").write_text(json.dumps(study))
+    assert main(["run", str(BASELINES / "demo.yaml"), "--smoke", "--out", str(run), "--no-progress"]) == 0
+    assert "timing the cascade mwbp-cascade (seed 0)" in capsys.readouterr().out
+    assert json.loads((folder / "cascade" / "manifest.json").read_text()) == manifest  # same files, same hashes
+    assert json.loads((folder / "cascade.json").read_text())["latency"] == swept
+    # and it stands in for a later recipe's run (--reuse), without a checkpoint to copy
+    other = _with(lambda r: r.update(name="other", entries=r["entries"][:1], claims=[]))
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    argv = ["run", str(tmp_path / "other.yaml"), "--smoke", "--no-progress", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--reuse", str(run)]) == 0
+    assert f"reusing {run / 'mwbp' / 'seed0'}" in capsys.readouterr().out
+    assert not (tmp_path / "o" / "mwbp" / "seed0" / "checkpoint.pt").exists()
 
 
 @needs_fmnist

@@ -280,7 +280,7 @@ def _measure(out: Path, recipe: Recipe, settings: RunSettings, log) -> None:
             path = entry_dir(out, entry.name, seed) / CASCADE_RESULT
             if entry.kind == "cascade" and path.is_file() and "latency" not in json.loads(path.read_text()):
                 log(f"timing the cascade {entry.name} (seed {seed}) ...")
-                _time_cascade(entry, path.parent, settings)
+                _time_cascade(out, entry, seed, path.parent, settings)
 
 
 #: options a reused run may differ in: where the data lives and how it is read, never what is trained
@@ -288,6 +288,9 @@ REUSE_IGNORES = ("data_dir", "download", "workers", "eval_batch_size")
 #: the files of a finished training run that a reuse copies (exports are made again, profiles measured again);
 #: config.yaml last: a copy cut short has none, so the next run copies again instead of resuming a half copy
 REUSE_FILES = ("summary.json", "metrics.jsonl", "metrics.csv", "model.safetensors", "checkpoint.pt", "config.yaml")
+#: copied when present: a finished run needs only its final model (a run folder kept in git drops the
+#: checkpoint, which holds the optimizer state for resuming and nothing a finished run uses)
+REUSE_OPTIONAL = ("checkpoint.pt",)
 
 
 def find_reusable(cfg: Any, roots: tuple[str, ...] | list[str], out: Path) -> Path | None:
@@ -302,7 +305,7 @@ def find_reusable(cfg: Any, roots: tuple[str, ...] | list[str], out: Path) -> Pa
         for done in sorted(root.glob("*/seed*/" + DONE)):
             folder = done.parent
             if folder.resolve().is_relative_to(out.resolve()) or any(
-                (folder / f).is_symlink() or not (folder / f).is_file() for f in REUSE_FILES
+                (folder / f).is_symlink() or not ((folder / f).is_file() or f in REUSE_OPTIONAL) for f in REUSE_FILES
             ):
                 continue
             try:
@@ -340,6 +343,8 @@ def _reuse(source: Path, folder: Path, cfg: Any) -> None:
     for name in REUSE_FILES:
         if name == "config.yaml":
             write_text(folder / name, cfg.to_yaml())
+        elif not (source / name).is_file():  # an optional file (REUSE_OPTIONAL) the source does not keep
+            (folder / name).unlink(missing_ok=True)
         else:
             with atomic_path(folder / name) as tmp:
                 shutil.copyfile(source / name, tmp)
@@ -465,17 +470,12 @@ def _cascade_options(entry: Entry, smoke: bool) -> dict[str, Any]:
 def _cascade(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> None:
     """Export the cascade of the entry named by ``of`` and sweep its thresholds on the test set (errors,
     exit shares, MACs); its latency is measured with the other timings, when every entry is done."""
-    from compact.cascade.data import note_subset, study_data
-    from compact.cascade.export import export_cascade
+    from compact.cascade.data import study_data
     from compact.cascade.runtime import Cascade
     from compact.cascade.sweep import study
-    from compact.engine import open_run
 
     folder = entry_dir(out, entry.name, seed)
-    run = open_run(entry_dir(out, entry.spec["of"], seed))
-    net, info = run.network()
-    note_subset(info, run.config)
-    export_cascade(net, info, folder / "cascade", overwrite=True)
+    _export_cascade(out, entry, seed, folder)
     cascade = Cascade(folder / "cascade")
     data = effective_data(recipe.data, settings.to_dict())
     test, _, name = study_data(
@@ -492,7 +492,20 @@ def _cascade(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSe
         f"threshold {best['threshold']:.4g}, {best['mean_macs'] / 1e6:.2f}M MACs per image")  # fmt: skip
 
 
-def _time_cascade(entry: Entry, folder: Path, settings: RunSettings) -> None:
+def _export_cascade(out: Path, entry: Entry, seed: int, folder: Path) -> None:
+    """Export the cascade of the network the entry names (``of``) into ``folder/cascade``. The export is a
+    function of the trained weights alone, so a cascade made again equals the one its sweep ran on."""
+    from compact.cascade.data import note_subset
+    from compact.cascade.export import export_cascade
+    from compact.engine import open_run
+
+    run = open_run(entry_dir(out, entry.spec["of"], seed))
+    net, info = run.network()
+    note_subset(info, run.config)
+    export_cascade(net, info, folder / "cascade", overwrite=True)
+
+
+def _time_cascade(out: Path, entry: Entry, seed: int, folder: Path, settings: RunSettings) -> None:
     """Measure the latency of a swept cascade (the sweep's thresholds and its static exits) and store it."""
     from compact.cascade.data import study_data
     from compact.cascade.runtime import Cascade
@@ -500,6 +513,8 @@ def _time_cascade(entry: Entry, folder: Path, settings: RunSettings) -> None:
 
     path = folder / CASCADE_RESULT
     result = json.loads(path.read_text())
+    if not (folder / "cascade").exists():  # a run folder kept without its ONNX files (they are made again)
+        _export_cascade(out, entry, seed, folder)
     cascade = Cascade(folder / "cascade")
     opts = _cascade_options(entry, settings.smoke)
     data = {"data": settings.data, "data_dir": settings.data_dir}
