@@ -17,7 +17,8 @@ from compact.cascade.sweep import check_decisions, measure_latency, operating_po
 from compact.cli import main
 from compact.errors import CompactError
 from compact.modelfile import ModelInfo
-from tests._helpers import needs_fmnist
+
+from _helpers import needs_fmnist
 
 SIZE = (1, 16, 16)
 

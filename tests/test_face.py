@@ -17,7 +17,8 @@ from compact.errors import CompactError
 from compact.face import MarginLoss, read_lfw_pairs, read_packed, tar_at_far, ten_fold_accuracy, verify
 from compact.models.mobilefacenet import MobileFaceNet
 from compact.profile import conv_linear_macs
-from tests._helpers import needs_fmnist
+
+from _helpers import needs_fmnist
 
 
 def test_mobilefacenet_matches_the_published_counts():

@@ -13,7 +13,8 @@ from torch import nn
 
 from compact import attach_exits
 from compact.methods import SGDConfig, create_method, live_parameters
-from tests._helpers import DEVICE, needs_fmnist
+
+from _helpers import DEVICE, needs_fmnist
 
 BF = torch.bfloat16
 #: autocast dtypes to test: bfloat16 on the CPU; also float16 on a GPU (COMPACT_TEST_DEVICE=cuda)
