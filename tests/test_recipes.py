@@ -383,12 +383,18 @@ def test_reuse_copies_only_runs_with_the_same_configuration(tmp_path, capsys):
 
 @needs_fmnist
 def test_a_run_folder_kept_without_what_it_can_remake_finishes(demo_run, tmp_path, capsys):
-    """A run folder kept in git drops the checkpoints of finished runs and the cascades' ONNX files: the
-    run still profiles, reuses and times its cascade, which is exported again exactly as it was swept."""
+    """A run folder kept in git drops the checkpoints of finished runs, their exported outputs and the
+    cascades' ONNX files: the run still profiles, reuses and times its cascade; exports and cascade are made
+    again exactly as they were."""
     run = tmp_path / "run"
     shutil.copytree(demo_run, run)
     for ckpt in run.glob("*/seed0/checkpoint.pt"):
         ckpt.unlink()
+    exports = {f: f.read_bytes() for f in run.glob("*/seed0/exports/*.safetensors")}
+    assert len(exports) >= 4
+    for f in exports:
+        f.unlink()
+    (run / "mwbp" / "seed0" / "exports" / "output0.profile.json").unlink()  # profiled again, from the new file
     folder = run / "mwbp-cascade" / "seed0"
     manifest = json.loads((folder / "cascade" / "manifest.json").read_text())
     shutil.rmtree(folder / "cascade")
@@ -396,7 +402,10 @@ def test_a_run_folder_kept_without_what_it_can_remake_finishes(demo_run, tmp_pat
     swept = study.pop("latency")
     (folder / "cascade.json").write_text(json.dumps(study))
     assert main(["run", str(BASELINES / "demo.yaml"), "--smoke", "--out", str(run), "--no-progress"]) == 0
-    assert "timing the cascade mwbp-cascade (seed 0)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "timing the cascade mwbp-cascade (seed 0)" in text and "seed 0 · mwbp: exporting its outputs again" in text
+    assert {f: f.read_bytes() for f in exports} == exports
+    assert re.search(r"profiling 1 models in one interleaved session", text)
     assert json.loads((folder / "cascade" / "manifest.json").read_text()) == manifest  # same files, same hashes
     assert json.loads((folder / "cascade.json").read_text())["latency"] == swept
     # and it stands in for a later recipe's run (--reuse), without a checkpoint to copy

@@ -212,6 +212,7 @@ def run_recipe(
         if not Path(root).is_dir():
             raise CompactError(f"--reuse {root}: no such folder (give the output folder of another compact run)")
     check_output(out, recipe, settings)
+    _remake_exports(out, recipe, settings.smoke, log)
     if added:
         log(f"also running {', '.join(added)}: the selected entries need them")
     statuses = []
@@ -348,6 +349,18 @@ def _reuse(source: Path, folder: Path, cfg: Any) -> None:
         else:
             with atomic_path(folder / name) as tmp:
                 shutil.copyfile(source / name, tmp)
+
+
+def _remake_exports(out: Path, recipe: Recipe, smoke: bool, log) -> None:
+    """Export again the outputs of every finished training or probe run that has none (a run folder kept
+    without its exported files): they are a function of the run's final model file alone."""
+    for seed in seeds_of(recipe, smoke):
+        for entry in recipe.entries:
+            folder = entry_dir(out, entry.name, seed)
+            if entry.kind in ("train", "probe") and (folder / DONE).is_file():
+                if not any((folder / "exports").glob("output*.safetensors")):
+                    log(f"seed {seed} · {entry.name}: exporting its outputs again (the exported files are gone)")
+                    _export_all(folder)
 
 
 def _export_all(folder: Path) -> None:
