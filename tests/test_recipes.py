@@ -535,6 +535,42 @@ def test_a_damaged_cascade_study_is_a_clear_report_error(demo_run, tmp_path, cap
     assert "cascade.json is damaged" in capsys.readouterr().err
 
 
+@needs_fmnist
+@pytest.mark.parametrize(
+    "rel, damage, message",
+    [
+        ("mwbp/seed0/metrics.jsonl", lambda t: "[1, 2]\n" + t, "line 1 is not an epoch record"),
+        ("mwbp/seed0/metrics.jsonl", lambda t: t.replace('"epoch": 1,', '"epoch": 0,', 1), "not an epoch record"),
+        (
+            "mwbp/seed0/metrics.jsonl",
+            lambda t: t.replace('"test_error_pct": [', '"test_error_pct": ["x", ', 1),
+            "'test_error_pct' is not a list of numbers",
+        ),  # fmt: skip
+        # one value too many would shift every output's curve by one: refused, never drawn
+        (
+            "mwbp/seed0/metrics.jsonl",
+            lambda t: t.replace('"test_error_pct": [', '"test_error_pct": [1.0, ', 1),
+            "(epoch 1) has 4 test errors for 3 outputs",
+        ),  # fmt: skip
+        ("standard/seed0/metrics.jsonl", lambda t: "", "a finished run has no epochs"),
+        (
+            "mwbp/seed0/exports/output0.profile.json",
+            lambda t: t.replace('"macs": ', '"macs": -', 1),
+            "'macs' is negative",
+        ),  # fmt: skip
+    ],
+)
+def test_a_damaged_metrics_or_profile_file_is_a_clear_report_error(demo_run, tmp_path, capsys, rel, damage, message):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    path = run / rel
+    path.write_text(damage(path.read_text()))
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(path) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "rep").exists()
+
+
 def test_cifar10_table1_covers_every_row_and_runs_with_smoke(tmp_path):
     """Every row of the paper's Table 1 is an entry; one entry per network (its standard baseline and its
     MW-BP row) runs with --smoke on stand-in data at 8x8 (the whole recipe takes minutes on a CPU)."""

@@ -121,9 +121,11 @@ def _add_profile(model: Model, profile_path: Path, missing: list[str], what: str
         missing.append(f"{what} (not profiled)")  # named as the run names it, not by a path of this machine
         return
     prof = _read(profile_path)
-    model.params.append(_field(prof, "params", profile_path, int))
-    model.macs.append(_field(prof, "macs_conv_linear", profile_path, int))
-    model.macs_total.append(_field(prof, "macs", profile_path, int))
+    for key, values in (("params", model.params), ("macs_conv_linear", model.macs), ("macs", model.macs_total)):
+        count = _field(prof, key, profile_path, int)
+        if count < 0:
+            raise CompactError(f"{profile_path} is damaged: {key!r} is negative ({count})")
+        values.append(count)
     latency = prof.get("latency_ms", {})
     if not isinstance(latency, dict):
         raise CompactError(f"{profile_path} is damaged: 'latency_ms' must be a mapping")
@@ -132,7 +134,7 @@ def _add_profile(model: Model, profile_path: Path, missing: list[str], what: str
             raise CompactError(f"{profile_path} is damaged: latency_ms.{runtime} must be a mapping")
         for batch, timing in by_batch.items():
             median = timing.get("median") if isinstance(timing, dict) else None
-            if _error_value(median) is None or not str(batch).isdigit():
+            if _error_value(median) is None or median < 0 or not str(batch).isdigit():
                 raise CompactError(f"{profile_path} is damaged: latency_ms.{runtime}.{batch} has no median")
             model.latency.setdefault(f"{runtime}/{batch}", []).append(median)
 

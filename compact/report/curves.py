@@ -14,15 +14,38 @@ from compact.errors import CompactError
 from compact.recipes.runner import entry_dir
 
 
-def _history(path: Path) -> list[dict[str, Any]]:
+def _history(path: Path, outputs: int | None) -> list[dict[str, Any]]:
+    """The epoch records of ``path``; each must be an object with a positive integer ``epoch`` and, when it
+    was evaluated, one test error per output (``outputs``, when known; a number, or NaN / null for a
+    diverged one). Anything else is a damaged file, never a curve drawn from part of it."""
     import json
 
     if not path.is_file():
         return []
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [(n, json.loads(line)) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CompactError(f"cannot read {path}: {' '.join(str(exc).split())[:200]}") from None
+    for n, record in lines:
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        errors = record.get("test_error_pct") if isinstance(record, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+            raise CompactError(f"{path} is damaged: line {n} is not an epoch record (a positive integer 'epoch')")
+        if errors is None:
+            continue  # an epoch without evaluation (eval_every)
+        if not isinstance(errors, list) or any(v is not None and not _number(v) for v in errors):
+            raise CompactError(
+                f"{path} is damaged: line {n} (epoch {epoch}): 'test_error_pct' is not a list of numbers"
+            )
+        if outputs is not None and len(errors) != outputs:
+            raise CompactError(
+                f"{path} is damaged: line {n} (epoch {epoch}) has {len(errors)} test errors for {outputs} outputs"
+            )
+    return [record for _, record in lines]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _finite(v: Any) -> bool:
@@ -36,12 +59,15 @@ def curves_data(run: Path, recipe: Any, seeds: list[int], models: list[Any]) -> 
     panels: dict[str, dict[str, Any]] = {}
     for entry in recipe.entries:
         by_output: dict[int, dict[int, list[float]]] = {}  # output -> epoch -> values over seeds
+        outputs = next((m.num_outputs for m in models if m.entry == entry.name), None)
         for seed in seeds:
-            for record in _history(entry_dir(run, entry.name, seed) / "metrics.jsonl"):
+            folder = entry_dir(run, entry.name, seed)
+            records = _history(folder / "metrics.jsonl", outputs)
+            if not records and entry.kind in ("train", "probe") and (folder / "done.json").is_file():
+                raise CompactError(f"{folder / 'metrics.jsonl'} is damaged or missing: a finished run has no epochs")
+            for record in records:
                 errors = record.get("test_error_pct") or []
-                epoch = record.get("epoch")
-                if not isinstance(epoch, int) or not isinstance(errors, list):
-                    continue
+                epoch = record["epoch"]
                 for k, v in enumerate(errors):
                     if _finite(v):
                         by_output.setdefault(k, {}).setdefault(epoch, []).append(float(v))
