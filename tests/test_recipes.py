@@ -571,6 +571,27 @@ def test_a_damaged_metrics_or_profile_file_is_a_clear_report_error(demo_run, tmp
     assert not (tmp_path / "rep").exists()
 
 
+@needs_fmnist
+@pytest.mark.parametrize(
+    "rel, content, message",
+    [
+        ("mwbp-cascade/seed0/cascade.json", "{", "cascade.json is damaged (Expecting property name"),
+        ("mwbp-cascade/seed0/cascade.json", "[]", "cascade.json is damaged (not a JSON object); remove"),
+        ("standard/seed0/done.json", "\x00", "done.json is damaged (Expecting value"),
+        ("deep-l1/seed0/plan.json", "[]", "plan.json is damaged; start the job again (compact prune --overwrite; in a"),
+    ],
+)
+def test_a_damaged_job_file_stops_a_resumed_run_with_its_name(demo_run, tmp_path, capsys, rel, content, message):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    (run / rel).write_text(content)
+    if rel.startswith("deep-l1"):
+        (run / "deep-l1" / "seed0" / "done.json").unlink()  # a pruning job cut short: it resumes from its plan
+    assert main(["run", str(BASELINES / "demo.yaml"), "--smoke", "--no-progress", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(run / rel) in err and len(err.splitlines()) == 1
+
+
 def test_cifar10_table1_covers_every_row_and_runs_with_smoke(tmp_path):
     """Every row of the paper's Table 1 is an entry; one entry per network (its standard baseline and its
     MW-BP row) runs with --smoke on stand-in data at 8x8 (the whole recipe takes minutes on a CPU)."""

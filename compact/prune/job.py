@@ -301,7 +301,9 @@ def _finish_resumed(out: Path, progress, log) -> dict[str, Any]:
         plan = json.loads((out / PLAN).read_text())
         plan["report"], plan["config"]  # noqa: B018 (both must be there)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError, KeyError):
-        raise CompactError(f"{out / PLAN} is damaged; start the job again with --overwrite") from None
+        raise CompactError(
+            f"{out / PLAN} is damaged; start the job again (compact prune --overwrite; in a recipe run, remove {out})"
+        ) from None
     cfg = open_run(out).config if (out / "config.yaml").is_file() else None
     if cfg is None:
         from compact.engine import TrainConfig

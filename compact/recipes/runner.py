@@ -221,7 +221,7 @@ def run_recipe(
         head = f"[{n}/{len(jobs)}] seed {seed} · {entry.name} ({entry.kind})"
         if (folder / DONE).is_file():
             log(f"{head}: done before, skipped")
-            statuses.append(json.loads((folder / DONE).read_text()))
+            statuses.append(_read_object(folder / DONE))
             continue
         waiting = [r for r in entry.references() if not (entry_dir(out, r, seed) / DONE).is_file()]
         if waiting:  # only when another process runs it (in this process, references come first)
@@ -234,7 +234,7 @@ def run_recipe(
                 continue
             if (folder / DONE).is_file():  # finished by another process between the check and the lock
                 log(f"{head}: done before, skipped")
-                statuses.append(json.loads((folder / DONE).read_text()))
+                statuses.append(_read_object(folder / DONE))
                 continue
             log(f"{head} ...")
             statuses.append(_run_job(recipe, entry, seed, out, settings, log))
@@ -250,6 +250,18 @@ def run_recipe(
             return statuses
         _measure(out, recipe, settings, log)
     return statuses
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """A JSON object the run wrote (``done.json``, ``cascade.json``); a damaged one is named, with the way out."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        data = exc
+    if not isinstance(data, dict):
+        why = " ".join(str(data).split())[:120] if isinstance(data, Exception) else "not a JSON object"
+        raise CompactError(f"{path} is damaged ({why}); remove {path.parent} to run that job again")
+    return data
 
 
 def _run_job(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> dict[str, Any]:
@@ -279,7 +291,7 @@ def _measure(out: Path, recipe: Recipe, settings: RunSettings, log) -> None:
     for seed in seeds_of(recipe, settings.smoke):
         for entry in recipe.entries:
             path = entry_dir(out, entry.name, seed) / CASCADE_RESULT
-            if entry.kind == "cascade" and path.is_file() and "latency" not in json.loads(path.read_text()):
+            if entry.kind == "cascade" and path.is_file() and "latency" not in _read_object(path):
                 log(f"timing the cascade {entry.name} (seed {seed}) ...")
                 _time_cascade(out, entry, seed, path.parent, settings)
 
@@ -525,7 +537,7 @@ def _time_cascade(out: Path, entry: Entry, seed: int, folder: Path, settings: Ru
     from compact.cascade.sweep import measure_latency
 
     path = folder / CASCADE_RESULT
-    result = json.loads(path.read_text())
+    result = _read_object(path)
     if not (folder / "cascade").exists():  # a run folder kept without its ONNX files (they are made again)
         _export_cascade(out, entry, seed, folder)
     cascade = Cascade(folder / "cascade")
