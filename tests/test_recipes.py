@@ -53,6 +53,12 @@ def _with(change):
         (lambda r: r["entries"][4].update(name=".hidden"), "entries[4].name must be a plain name"),
         (lambda r: r.update(name="/elsewhere/x"), "'name' must be a plain name"),
         (lambda r: r.update(name="../../x"), "'name' must be a plain name"),
+        # labels are cells of the report's Markdown tables: a bar or a line break would forge rows or headings
+        (lambda r: r["entries"][0].update(label="MW|BP"), "at most 200 characters without '|'"),
+        (lambda r: r["entries"][0].update(label="a\n## b"), "label must be one line"),
+        (lambda r: r["entries"][0].update(label=""), "label must be one line"),
+        (lambda r: r.update(description=["x"]), "'description' must be a text"),
+        (lambda r: r.update(description="a\x1b[2Jb"), "'description' must be a text"),
         # everything that would fail only after hours of training is checked before the first entry
         (lambda r: r["entries"][4]["prune"].update(match="mwbp:zz"), "match 'mwbp:zz': mwbp has outputs 0..2"),
         (lambda r: r["entries"][4]["prune"].update(match="mwbp:3"), "match 'mwbp:3': mwbp has outputs 0..2"),

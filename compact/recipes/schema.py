@@ -191,10 +191,21 @@ def parse_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
         spec = _mapping(item[kind], f"{at}: {kind}")
         _validate(kind, spec, defaults, data, at)
         label = item.get("label", ename)
-        if not isinstance(label, str | int | float) or len(str(label)) > 200:
-            raise CompactError(f"{at}: label must be a short text, got {label!r}"[:300])
+        if (
+            not isinstance(label, str | int | float)
+            or isinstance(label, bool)
+            or not 0 < len(str(label)) <= 200
+            or not str(label).isprintable()
+            or "|" in str(label)
+        ):
+            # a label is a cell of the report's Markdown tables and a legend entry: one line, no column bar
+            what = "one line of at most 200 characters without '|'"
+            raise CompactError(f"{at}: label must be {what}, got {label!r}"[:300])
         entries.append(Entry(ename, kind, spec, str(label)))
-    recipe = Recipe(name, data, seeds, defaults, profile, entries, str(raw.get("description", "")), raw)
+    description = raw.get("description", "")
+    if not isinstance(description, str) or len(description) > 2000 or not description.replace("\n", " ").isprintable():
+        raise CompactError(f"'description' must be a text of at most 2000 characters, got {description!r}"[:300])
+    recipe = Recipe(name, data, seeds, defaults, profile, entries, description, raw)
     names = {e.name for e in entries}
     for e in entries:
         for ref in e.references():
