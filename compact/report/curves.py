@@ -62,9 +62,10 @@ def curves_data(run: Path, recipe: Any, seeds: list[int], models: list[Any]) -> 
         outputs = next((m.num_outputs for m in models if m.entry == entry.name), None)
         for seed in seeds:
             folder = entry_dir(run, entry.name, seed)
-            records = _history(folder / "metrics.jsonl", outputs)
-            if not records and entry.kind in ("train", "probe") and (folder / "done.json").is_file():
-                raise CompactError(f"{folder / 'metrics.jsonl'} is damaged or missing: a finished run has no epochs")
+            path = folder / "metrics.jsonl"
+            records = _history(path, outputs)
+            if not records and path.is_file() and entry.kind in ("train", "probe") and (folder / "done.json").is_file():
+                raise CompactError(f"{path} is damaged: a finished run has no epochs")
             for record in records:
                 errors = record.get("test_error_pct") or []
                 epoch = record["epoch"]
