@@ -216,3 +216,51 @@ def test_wheel_and_sdist_ship_the_package_and_an_installed_wheel_runs(tmp_path):
     assert (work / "run" / "model.safetensors").is_file()
     stored = yaml.safe_load((work / "run" / "config.yaml").read_text())
     assert stored["data"] == "cifar10" and stored["epochs"] == 1 and stored["nesterov"] is True
+
+
+def test_keep_run_stages_results_and_the_checkpoints_of_unfinished_jobs_only(tmp_path):
+    """profiles/keep-run.sh with the repository's .gitignore: a run folder goes into git with its results and
+    final models, the checkpoint of a job still running (so the next sitting resumes it), and nothing that
+    `compact run` makes again; a job that finished since the last commit loses its checkpoint from git."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    run = tmp_path / "profiles" / "r" / "run"
+    files = {
+        "recipe.json": "kept",
+        "a/seed0/done.json": "kept",
+        "a/seed0/model.safetensors": "kept",
+        "a/seed0/metrics.jsonl": "kept",
+        "a/seed0/exports/output0.profile.json": "kept",
+        "a/seed0/checkpoint.pt": "dropped",  # finished: the optimizer state is for resuming only
+        "a/seed0/exports/output0.safetensors": "dropped",  # exported again by compact run
+        "a/seed0/tensorboard/events": "dropped",
+        "a/seed0/.running.lock": "dropped",
+        "a/seed0/.model.safetensors.x1.tmp": "dropped",
+        "c/seed0/done.json": "kept",
+        "c/seed0/cascade.json": "kept",
+        "c/seed0/cascade/segment0.onnx": "dropped",  # exported again before timing
+        "p/seed0/plan.json": "kept",
+        "p/seed0/checkpoint.pt": "kept",  # still fine-tuning: needed to resume
+        "p/seed0/pruned-init.safetensors": "kept",
+    }
+    for rel, _ in files.items():
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text(rel)
+    script = ROOT / "profiles" / "keep-run.sh"
+
+    def keep() -> set[str]:
+        subprocess.run(["bash", str(script), "profiles/r/run"], cwd=tmp_path, check=True, capture_output=True)
+        listed = subprocess.run(["git", "ls-files"], cwd=tmp_path, check=True, capture_output=True, text=True)
+        return {line.removeprefix("profiles/r/run/") for line in listed.stdout.split()} - {".gitignore"}
+
+    assert keep() == {rel for rel, what in files.items() if what == "kept"}
+    subprocess.run([*git, "commit", "-qm", "sitting 1"], cwd=tmp_path, check=True)
+    (run / "p" / "seed0" / "done.json").write_text("{}")  # the pruning job finished in the next sitting
+    assert keep() == {rel for rel, what in files.items() if what == "kept"} - {
+        "p/seed0/checkpoint.pt",
+        "p/seed0/pruned-init.safetensors",
+    } | {"p/seed0/done.json"}
+    assert (run / "p" / "seed0" / "checkpoint.pt").is_file()  # out of git, not off the disk
+    bad = subprocess.run(["bash", str(script), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "is not the output folder of compact run" in bad.stderr
