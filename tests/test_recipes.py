@@ -582,9 +582,9 @@ def test_a_damaged_metrics_or_profile_file_is_a_clear_report_error(demo_run, tmp
     "rel, content, message",
     [
         ("mwbp-cascade/seed0/cascade.json", "{", "cascade.json is damaged (Expecting property name"),
-        ("mwbp-cascade/seed0/cascade.json", "[]", "cascade.json is damaged (not a JSON object); remove"),
+        ("mwbp-cascade/seed0/cascade.json", "[]", "cascade.json is damaged (a JSON list, not an object); remove"),
         ("standard/seed0/done.json", "\x00", "done.json is damaged (Expecting value"),
-        ("deep-l1/seed0/plan.json", "[]", "plan.json is damaged; start the job again (compact prune --overwrite; in a"),
+        ("deep-l1/seed0/plan.json", "[]", "plan.json is damaged (a JSON list, not an object); start the job again"),
     ],
 )
 def test_a_damaged_job_file_stops_a_resumed_run_with_its_name(demo_run, tmp_path, capsys, rel, content, message):

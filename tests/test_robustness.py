@@ -406,3 +406,44 @@ def test_report_marks_nan_errors_failed_and_keeps_them_off_the_front(tmp_path):
     bad = [r for r in (rows if isinstance(rows, list) else rows.get("models", [])) if r.get("entry") == "bad"]
     assert bad and bad[0]["test_error_pct"] is None and bad[0]["failed_seeds"] == [0]
     assert not any(isinstance(v, float) and math.isnan(v) for r in bad for v in r.values())
+
+
+# -- the small JSON files a run writes -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"[1, 2]", "a JSON list, not an object"),
+        (b"7", "a JSON int, not an object"),
+        (b"{", "Expecting property name"),
+        (b"\xff\xfe{}", "can't decode byte"),
+        (b"[" * 100_000 + b"]" * 100_000, "recursion"),
+        (b'{"a": 1' + b"0" * 5000 + b"}", "integer string conversion"),
+    ],
+)
+def test_a_damaged_json_file_is_named_with_what_is_wrong(tmp_path, content, why):
+    from compact._jsonfile import read_json_object, try_read_json_object
+
+    path = tmp_path / "done.json"
+    path.write_bytes(content)
+    with pytest.raises(CompactError) as err:
+        read_json_object(path, "remove it")
+    message = str(err.value)
+    assert message.startswith(f"{path} is damaged (") and why in message and message.endswith("; remove it")
+    assert "\n" not in message and len(message) < 400
+    assert try_read_json_object(path) is None
+
+
+def test_json_files_that_are_no_regular_file_or_too_large_are_not_read(tmp_path, monkeypatch):
+    from compact import _jsonfile
+
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(CompactError, match="folder.json is damaged \\(not a regular file\\)"):
+        _jsonfile.read_json_object(tmp_path / "folder.json")
+    with pytest.raises(CompactError, match="missing.json cannot be read \\(No such file"):
+        _jsonfile.read_json_object(tmp_path / "missing.json")
+    big = tmp_path / "big.json"
+    big.write_text('{"a": "' + "x" * 2000 + '"}')
+    monkeypatch.setattr(_jsonfile, "SIZE_LIMIT", 1000)
+    with pytest.raises(CompactError, match="big.json is damaged \\(2009 bytes, more than the 1000"):
+        _jsonfile.read_json_object(big)
+    assert _jsonfile.try_read_json_object(big) is None

@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from compact._atomic import write_text
+from compact._jsonfile import read_json_object
 from compact.engine.distributed import barrier, from_env
 from compact.errors import CompactError
 from compact.profile import count
@@ -297,13 +298,10 @@ def _finish_resumed(out: Path, progress, log) -> dict[str, Any]:
 
     if not (out / PLAN).is_file():
         raise CompactError(f"{out} holds no pruning job to resume (no {PLAN})")
-    try:
-        plan = json.loads((out / PLAN).read_text())
-        plan["report"], plan["config"]  # noqa: B018 (both must be there)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError, KeyError):
-        raise CompactError(
-            f"{out / PLAN} is damaged; start the job again (compact prune --overwrite; in a recipe run, remove {out})"
-        ) from None
+    remedy = f"start the job again (compact prune --overwrite; in a recipe run, remove {out})"
+    plan = read_json_object(out / PLAN, remedy)
+    if not isinstance(plan.get("report"), dict) or not isinstance(plan.get("config"), dict):
+        raise CompactError(f"{out / PLAN} is damaged (its report or config is missing); {remedy}")
     cfg = open_run(out).config if (out / "config.yaml").is_file() else None
     if cfg is None:
         from compact.engine import TrainConfig

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from compact._atomic import write_text
+from compact._jsonfile import read_json_object, try_read_json_object
 from compact.engine.config import SMOKE, SMOKE_IMAGE_SIZE
 from compact.errors import CompactError
 from compact.recipes.locks import job_lock
@@ -158,12 +159,10 @@ def check_output(out: Path, recipe: Recipe, settings: RunSettings) -> None:
     if out.exists() and not out.is_dir():
         raise CompactError(f"output folder {out} exists and is not a folder")
     if path.is_file():
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            raise CompactError(f"{path} is damaged; use another --out") from None
+        stored = read_json_object(path, "use another --out")
         if stored != json.loads(json.dumps(stamp)):
-            name = stored.get("recipe", {}).get("name", "?") if isinstance(stored, dict) else "?"
+            recipe_name = stored.get("recipe")
+            name = recipe_name.get("name", "?") if isinstance(recipe_name, dict) else "?"
             name = name if isinstance(name, str) else "?"
             raise CompactError(
                 f"{out} holds a run of recipe {name!r} with other contents or settings; use another --out"
@@ -182,11 +181,8 @@ def claim(out: Path, folder: Path, entry: str, seed: int) -> None:
     mark = folder / MARK
     want = {"entry": entry, "seed": seed}
     if mark.is_file():
-        try:
-            if json.loads(mark.read_text()) == want:
-                return
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            pass
+        if try_read_json_object(mark) == want:
+            return
         raise CompactError(f"{folder} belongs to another entry or seed ({mark} differs); use another --out")
     if folder.exists() and (not folder.is_dir() or any(not _ours(f.name) for f in folder.iterdir())):
         raise CompactError(f"{folder} holds files that compact run did not make; move them away or use another --out")
@@ -254,14 +250,7 @@ def run_recipe(
 
 def _read_object(path: Path) -> dict[str, Any]:
     """A JSON object the run wrote (``done.json``, ``cascade.json``); a damaged one is named, with the way out."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        data = exc
-    if not isinstance(data, dict):
-        why = " ".join(str(data).split())[:120] if isinstance(data, Exception) else "not a JSON object"
-        raise CompactError(f"{path} is damaged ({why}); remove {path.parent} to run that job again")
-    return data
+    return read_json_object(path, f"remove {path.parent} to run that job again")
 
 
 def _run_job(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSettings, log) -> dict[str, Any]:
@@ -322,10 +311,10 @@ def find_reusable(cfg: Any, roots: tuple[str, ...] | list[str], out: Path) -> Pa
             ):
                 continue
             try:
-                if json.loads(done.read_text()).get("kind") != "train":
+                if (try_read_json_object(done) or {}).get("kind") != "train":
                     continue
                 stored = TrainConfig.from_dict(read_yaml(folder / "config.yaml"), str(folder / "config.yaml"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, CompactError):
+            except (OSError, UnicodeDecodeError, CompactError):
                 continue  # not a run this version can read: never reused
             if _trained_as(stored) == want:
                 return folder

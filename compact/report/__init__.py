@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from compact._atomic import write_text
+from compact._jsonfile import try_read_json_object
 from compact.errors import CompactError
 from compact.recipes.runner import effective_data, entry_dir
 from compact.report.cascade import cascade_series, cascades_markdown
@@ -128,11 +129,8 @@ def budget_line(run: Path, results: RunResults, data: dict[str, Any]) -> str:
     for entry in results.recipe.entries:
         for seed in results.seeds:
             path = entry_dir(run, entry.name, seed) / "summary.json"
-            try:
-                n = json.loads(path.read_text()).get("epochs") if path.is_file() else None
-            except (OSError, ValueError):
-                n = None
-            if isinstance(n, int):
+            n = (try_read_json_object(path) or {}).get("epochs")
+            if isinstance(n, int) and not isinstance(n, bool):
                 epochs.setdefault(n, []).append(entry.name)
                 break
     per = "; ".join(f"{n} epoch{'s' if n != 1 else ''}: {', '.join(names)}" for n, names in sorted(epochs.items()))

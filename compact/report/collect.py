@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compact._jsonfile import read_json_object
 from compact.errors import CompactError
 from compact.recipes.runner import DONE, entry_dir, seeds_of
 from compact.recipes.schema import Recipe, parse_recipe
@@ -91,16 +91,6 @@ class RunResults:
     finished: dict[str, list[int]] = field(default_factory=dict)
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CompactError(f"cannot read {path}: {' '.join(str(exc).split())[:200]}") from None
-    if not isinstance(data, dict):
-        raise CompactError(f"{path} is damaged: expected a JSON object")
-    return data
-
-
 def _field(data: dict[str, Any], key: str, path: Path, kind: type | tuple[type, ...]) -> Any:
     """``data[key]`` if present and of ``kind``, else a :class:`CompactError` naming the file and key."""
     value = data.get(key)
@@ -120,7 +110,7 @@ def _add_profile(model: Model, profile_path: Path, missing: list[str], what: str
     if not profile_path.is_file():
         missing.append(f"{what} (not profiled)")  # named as the run names it, not by a path of this machine
         return
-    prof = _read(profile_path)
+    prof = read_json_object(profile_path)
     for key, values in (("params", model.params), ("macs_conv_linear", model.macs), ("macs", model.macs_total)):
         count = _field(prof, key, profile_path, int)
         if count < 0:
@@ -183,7 +173,7 @@ def _add_error(m: Model, value: Any, seed: int, failed: list[str]) -> None:
 def collect(run: Path) -> RunResults:
     """Every model of the run with its errors and profiles over seeds; ``missing`` lists what is absent,
     ``failed`` the models whose test error is not a number (they stay off every table mean and front)."""
-    stamp = _read(run / "recipe.json")
+    stamp = read_json_object(run / "recipe.json")
     recipe = parse_recipe(_field(stamp, "recipe", run / "recipe.json", dict), str(run / "recipe.json"))
     settings = stamp.get("settings", {})
     settings = settings if isinstance(settings, dict) else {}
@@ -201,12 +191,12 @@ def collect(run: Path) -> RunResults:
                 missing.append(f"{entry.name} seed {seed} (not finished)")
                 continue
             finished.setdefault(entry.name, []).append(seed)
-            source = _read(folder / DONE).get("reused_from")
+            source = read_json_object(folder / DONE).get("reused_from")
             if isinstance(source, str):
                 reused.append(f"{entry.name} seed {seed} <- {' '.join(source.split())[:200]}")
             if entry.kind == "cascade":
                 path = folder / "cascade.json"
-                result = _read(path)
+                result = read_json_object(path)
                 _check_study(result, path)
                 if "latency" not in result:
                     missing.append(f"{entry.name} seed {seed} (cascade not timed)")
@@ -215,7 +205,7 @@ def collect(run: Path) -> RunResults:
                 continue
             if entry.kind == "prune":
                 path = folder / "prune.json"
-                report = _read(path)
+                report = read_json_object(path)
                 method = _field(report, "method", path, str)
                 errors = _field(report, "test_error_pct", path, dict)
                 m = models.setdefault(
@@ -225,7 +215,7 @@ def collect(run: Path) -> RunResults:
                 _add_profile(m, folder / "pruned.profile.json", missing, f"{entry.name} seed {seed}")
                 continue
             path = folder / "summary.json"
-            summary = _read(path)
+            summary = read_json_object(path)
             outputs = _field(summary, "outputs", path, list)
             method = _field(summary, "method", path, str)
             for row in outputs:
