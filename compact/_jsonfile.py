@@ -14,6 +14,8 @@ from compact.errors import CompactError
 
 #: No file compact writes as one JSON object comes near this; a larger one is not read into memory.
 SIZE_LIMIT = 16 * 1024 * 1024
+#: A metrics history (one JSON object per line, per epoch) of a 10,000-epoch run is a few MB.
+LINES_SIZE_LIMIT = 256 * 1024 * 1024
 
 
 def read_json_object(path: str | Path, remedy: str = "") -> dict[str, Any]:
@@ -47,3 +49,32 @@ def try_read_json_object(path: str | Path) -> dict[str, Any] | None:
         return read_json_object(path)
     except CompactError:
         return None
+
+
+def read_json_lines(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``, one per non-blank line (a ``metrics.jsonl``); a missing file is an
+    empty list, anything else that is not such a file raises a :class:`CompactError` naming the line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    if not path.is_file():
+        raise CompactError(f"{path} is damaged (not a regular file)")
+    size = path.stat().st_size
+    if size > LINES_SIZE_LIMIT:
+        raise CompactError(f"{path} is damaged ({size} bytes, more than the {LINES_SIZE_LIMIT} a history may have)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CompactError(f"{path} cannot be read ({' '.join(str(exc).split())[:120]})") from None
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise CompactError(f"{path} is damaged: line {n}: {' '.join(str(exc).split())[:120]}") from None
+        if not isinstance(record, dict):
+            raise CompactError(f"{path} is damaged: line {n} is a JSON {type(record).__name__}, not an object")
+        records.append(record)
+    return records

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from compact._atomic import atomic_path
+from compact._numbers import is_finite_number
 from compact._version import __version__
 from compact.errors import CompactError
 
@@ -144,7 +145,7 @@ def _check_info(info: ModelInfo) -> None:
         if v is not None and (
             not isinstance(v, list)
             or len(v) != info.in_chans
-            or not all(_is_number(x) and (x > 0 or not positive) for x in v)
+            or not all(is_finite_number(x) and (x > 0 or not positive) for x in v)
         ):
             _fail(f"{key} must be a list of {info.in_chans} finite numbers" + (" > 0" if positive else ""), v)
     if info.classes is not None and (
@@ -165,10 +166,6 @@ def _check_info(info: ModelInfo) -> None:
     subset = info.source.get("subset")
     if subset is not None and not (_is_int(subset) and subset > 0):
         _fail("source.subset must be null or a positive number of images", subset)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def build_module(info: ModelInfo) -> nn.Module:
@@ -253,7 +250,7 @@ def _checked_attr(owner: nn.Module, name: str, key: str, value: Any) -> Any:
     elif isinstance(current, int):
         ok = _is_int(value) and 0 <= value <= MAX_DIM
     elif isinstance(current, float):
-        ok = _is_number(value) and abs(value) <= MAX_DIM
+        ok = is_finite_number(value) and abs(value) <= MAX_DIM
     elif isinstance(current, str):
         ok = isinstance(value, str) and len(value) <= 64 and value.replace("_", "").replace("-", "").isalnum()
     elif isinstance(current, tuple | list):

@@ -401,6 +401,8 @@ def test_a_run_folder_kept_without_what_it_can_remake_finishes(demo_run, tmp_pat
     for f in exports:
         f.unlink()
     (run / "mwbp" / "seed0" / "exports" / "output0.profile.json").unlink()  # profiled again, from the new file
+    damaged = run / "mwbp" / "seed0" / "exports" / "output1.profile.json"
+    damaged.write_text("[]")  # a damaged profile is measured again, too
     folder = run / "mwbp-cascade" / "seed0"
     manifest = json.loads((folder / "cascade" / "manifest.json").read_text())
     shutil.rmtree(folder / "cascade")
@@ -411,7 +413,8 @@ def test_a_run_folder_kept_without_what_it_can_remake_finishes(demo_run, tmp_pat
     text = capsys.readouterr().out
     assert "timing the cascade mwbp-cascade (seed 0)" in text and "seed 0 · mwbp: exporting its outputs again" in text
     assert {f: f.read_bytes() for f in exports} == exports
-    assert re.search(r"profiling 1 models in one interleaved session", text)
+    assert re.search(r"profiling 2 models in one interleaved session", text)
+    assert json.loads(damaged.read_text())["params"] > 0
     assert json.loads((folder / "cascade" / "manifest.json").read_text()) == manifest  # same files, same hashes
     assert json.loads((folder / "cascade.json").read_text())["latency"] == swept
     # and it stands in for a later recipe's run (--reuse), without a checkpoint to copy
@@ -545,7 +548,7 @@ def test_a_damaged_cascade_study_is_a_clear_report_error(demo_run, tmp_path, cap
 @pytest.mark.parametrize(
     "rel, damage, message",
     [
-        ("mwbp/seed0/metrics.jsonl", lambda t: "[1, 2]\n" + t, "line 1 is not an epoch record"),
+        ("mwbp/seed0/metrics.jsonl", lambda t: "[1, 2]\n" + t, "line 1 is a JSON list, not an object"),
         ("mwbp/seed0/metrics.jsonl", lambda t: t.replace('"epoch": 1,', '"epoch": 0,', 1), "not an epoch record"),
         (
             "mwbp/seed0/metrics.jsonl",

@@ -105,7 +105,7 @@ def add_model_args(p: argparse.ArgumentParser, training: bool = False) -> None:
         "--model",
         required=not training,
         default=d(None),
-        help="cifar_resnet20/32/44/56/110, timm:<name> or torchvision:<name>",
+        help="one of compact's models (compact models lists them), timm:<name> or torchvision:<name>",
     )
     g.add_argument(
         "--num-classes",

@@ -4,7 +4,6 @@ Python, a YAML file (``--config``) or the command line, in increasing order of p
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from compact._numbers import is_finite_number
 from compact._resources import resolve
 from compact._yaml import read_yaml_file
 from compact.errors import CompactError
@@ -105,7 +105,7 @@ class TrainConfig:
             raise CompactError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for key in ("loss_scale", "loss_margin"):
             value = getattr(self, key)
-            if value is not None and (not _is_number(value) or self.loss == "ce"):
+            if value is not None and (not is_finite_number(value) or self.loss == "ce"):
                 what = "a number" if self.loss != "ce" else "given only with loss arcface or cosface"
                 raise CompactError(f"{key} must be {what}, got {value!r}")
         if self.val_pairs is not None and self.loss == "ce":
@@ -119,14 +119,14 @@ class TrainConfig:
                 _check_int(self, key, 1)
         for key in ("lr", "lr_decay"):
             value = getattr(self, key)
-            if not _is_number(value) or value <= 0:
+            if not is_finite_number(value) or value <= 0:
                 raise CompactError(f"{key} must be a number > 0, got {value!r}")
         for key in ("momentum", "weight_decay"):
             value = getattr(self, key)
-            if not _is_number(value) or value < 0:
+            if not is_finite_number(value) or value < 0:
                 raise CompactError(f"{key} must be a number >= 0, got {value!r}")
         ms = self.lr_milestones
-        if not isinstance(ms, list) or not all(_is_number(m) and 0 < m <= 1 for m in ms) or ms != sorted(ms):
+        if not isinstance(ms, list) or not all(is_finite_number(m) and 0 < m <= 1 for m in ms) or ms != sorted(ms):
             raise CompactError(f"lr_milestones must be increasing fractions of the epochs in (0, 1], got {ms!r}")
         placed = [k for k in PLACEMENT_KEYS if getattr(self, k) is not None]
         if len(placed) > 1:
@@ -276,14 +276,10 @@ def _check_types(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and (not value or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
             raise CompactError(f"{key} must be a non-empty list of {'names' if kind is str else 'integers'}")
-    if cfg.nu is not None and (not _is_number(cfg.nu) or not 0 <= cfg.nu <= 100):
+    if cfg.nu is not None and (not is_finite_number(cfg.nu) or not 0 <= cfg.nu <= 100):
         raise CompactError(f"nu must be a number in [0, 100] (0: equal weights), got {cfg.nu!r}")
     if any(len(str(getattr(cfg, k) or "")) > 4096 for k in ("model", "init_from", "data", "data_dir", "device")):
         raise CompactError("a name or path in the configuration is longer than 4096 characters")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_int(cfg: TrainConfig, key: str, minimum: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from compact._atomic import write_text
+from compact._jsonfile import read_json_lines
 
 PER_OUTPUT = ("train_loss", "train_error_pct", "test_loss", "test_error_pct")
 SCALARS = ("epoch", "lr", "nu", "epoch_time_s", "train_images_per_s", "data_wait_share")
@@ -25,11 +26,9 @@ def csv_columns(num_outputs: int) -> list[str]:
 
 
 def read_history(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file (an absent file is an empty history)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a ``metrics.jsonl`` file (an absent file is an empty history; a damaged one, e.g. a
+    line that is not a JSON object, raises a :class:`~compact.errors.CompactError` naming the line)."""
+    return read_json_lines(path)
 
 
 class MetricsLog:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from compact._numbers import is_number
 from compact.errors import CompactError
 
 #: arguments that fetch, load or unpickle something, or that name code: refused with their own message
@@ -63,7 +64,7 @@ class Arg:
                 allowed = " or ".join(repr(c) for c in self.choices) if self.choices else "true or false"
                 raise CompactError(f"{where}: {key} must be {allowed}, got {_short(value)}")
             return value
-        number_ok = isinstance(value, int | float) and not isinstance(value, bool)
+        number_ok = is_number(value)
         if self.kind == "int" and not isinstance(value, int):
             number_ok = False
         if not number_ok or not math.isfinite(value):

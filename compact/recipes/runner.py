@@ -273,7 +273,7 @@ def _run_job(recipe: Recipe, entry: Entry, seed: int, out: Path, settings: RunSe
 def _measure(out: Path, recipe: Recipe, settings: RunSettings, log) -> None:
     """Profile every model not yet profiled (one interleaved session), then time the cascades not yet timed."""
     files = model_files(out, recipe, settings.smoke)
-    todo = [f for f in files if not f.with_name(f.name.removesuffix(".safetensors") + ".profile.json").is_file()]
+    todo = [f for f in files if not _profiled(f.with_name(f.name.removesuffix(".safetensors") + ".profile.json"))]
     if todo:
         log(f"profiling {len(todo)} models in one interleaved session ...")
         _profile(recipe, todo, settings)
@@ -283,6 +283,12 @@ def _measure(out: Path, recipe: Recipe, settings: RunSettings, log) -> None:
             if entry.kind == "cascade" and path.is_file() and "latency" not in _read_object(path):
                 log(f"timing the cascade {entry.name} (seed {seed}) ...")
                 _time_cascade(out, entry, seed, path.parent, settings)
+
+
+def _profiled(path: Path) -> bool:
+    """Whether ``path`` holds a profile; a damaged one (not a JSON object with counts) is measured again."""
+    prof = try_read_json_object(path)
+    return prof is not None and all(isinstance(prof.get(k), int) for k in ("params", "macs", "macs_conv_linear"))
 
 
 #: options a reused run may differ in: where the data lives and how it is read, never what is trained

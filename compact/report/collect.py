@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compact._jsonfile import read_json_object
+from compact._numbers import is_finite_number
 from compact.errors import CompactError
 from compact.recipes.runner import DONE, entry_dir, seeds_of
 from compact.recipes.schema import Recipe, parse_recipe
@@ -101,7 +101,7 @@ def _field(data: dict[str, Any], key: str, path: Path, kind: type | tuple[type, 
 
 def _error_value(value: Any) -> float | None:
     """A test error as a finite float, or None for a failed (NaN, infinite, missing) one."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    if is_finite_number(value):
         return float(value)
     return None
 
@@ -110,7 +110,7 @@ def _add_profile(model: Model, profile_path: Path, missing: list[str], what: str
     if not profile_path.is_file():
         missing.append(f"{what} (not profiled)")  # named as the run names it, not by a path of this machine
         return
-    prof = read_json_object(profile_path)
+    prof = read_json_object(profile_path, "remove it and run compact run again to profile it again")
     for key, values in (("params", model.params), ("macs_conv_linear", model.macs), ("macs", model.macs_total)):
         count = _field(prof, key, profile_path, int)
         if count < 0:
@@ -124,13 +124,9 @@ def _add_profile(model: Model, profile_path: Path, missing: list[str], what: str
             raise CompactError(f"{profile_path} is damaged: latency_ms.{runtime} must be a mapping")
         for batch, timing in by_batch.items():
             median = timing.get("median") if isinstance(timing, dict) else None
-            if _error_value(median) is None or median < 0 or not str(batch).isdigit():
+            if not is_finite_number(median) or median < 0 or not str(batch).isdigit():
                 raise CompactError(f"{profile_path} is damaged: latency_ms.{runtime}.{batch} has no median")
             model.latency.setdefault(f"{runtime}/{batch}", []).append(median)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check_study(result: dict[str, Any], path: Path) -> None:
@@ -141,20 +137,20 @@ def _check_study(result: dict[str, Any], path: Path) -> None:
         raise CompactError(f"{path} is damaged: no sweep rows or static outputs")
     width = None
     for r in rows + static:
-        ok = isinstance(r, dict) and _number(r.get("error_pct"))
+        ok = isinstance(r, dict) and is_finite_number(r.get("error_pct"))
         lat = r.get("latency_ms_per_image", {}) if ok else None
-        ok = ok and isinstance(lat, dict) and all(str(b).isdigit() and _number(v) for b, v in lat.items())
+        ok = ok and isinstance(lat, dict) and all(str(b).isdigit() and is_finite_number(v) for b, v in lat.items())
         if ok and "threshold" in r:
             shares = r.get("exit_share")
-            numbers = all(_number(r.get(k)) for k in ("threshold", "mean_macs", "mean_macs_conv_linear"))
-            ok = numbers and isinstance(shares, list) and all(_number(v) for v in shares)
+            numbers = all(is_finite_number(r.get(k)) for k in ("threshold", "mean_macs", "mean_macs_conv_linear"))
+            ok = numbers and isinstance(shares, list) and all(is_finite_number(v) for v in shares)
             ok = ok and width in (None, len(shares))
             width = len(shares) if ok else width
         elif ok:
             ok = (
                 isinstance(r.get("name"), str)
                 and isinstance(r.get("output"), int)
-                and all(_number(r.get(k)) for k in ("macs", "macs_conv_linear"))
+                and all(is_finite_number(r.get(k)) for k in ("macs", "macs_conv_linear"))
             )
         if not ok:
             raise CompactError(f"{path} is damaged or from another version: a sweep or static row is malformed")

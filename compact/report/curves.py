@@ -10,6 +10,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from compact._jsonfile import read_json_lines
+from compact._numbers import is_finite_number, is_number
 from compact.errors import CompactError
 from compact.recipes.runner import entry_dir
 
@@ -18,38 +20,22 @@ def _history(path: Path, outputs: int | None) -> list[dict[str, Any]]:
     """The epoch records of ``path``; each must be an object with a positive integer ``epoch`` and, when it
     was evaluated, one test error per output (``outputs``, when known; a number, or NaN / null for a
     diverged one). Anything else is a damaged file, never a curve drawn from part of it."""
-    import json
-
-    if not path.is_file():
-        return []
-    try:
-        lines = [(n, json.loads(line)) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CompactError(f"cannot read {path}: {' '.join(str(exc).split())[:200]}") from None
+    lines = list(enumerate(read_json_lines(path), 1))
     for n, record in lines:
-        epoch = record.get("epoch") if isinstance(record, dict) else None
-        errors = record.get("test_error_pct") if isinstance(record, dict) else None
+        epoch, errors = record.get("epoch"), record.get("test_error_pct")
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
-            raise CompactError(f"{path} is damaged: line {n} is not an epoch record (a positive integer 'epoch')")
+            raise CompactError(f"{path} is damaged: record {n} is not an epoch record (a positive integer 'epoch')")
         if errors is None:
             continue  # an epoch without evaluation (eval_every)
-        if not isinstance(errors, list) or any(v is not None and not _number(v) for v in errors):
+        if not isinstance(errors, list) or any(v is not None and not is_number(v) for v in errors):
             raise CompactError(
-                f"{path} is damaged: line {n} (epoch {epoch}): 'test_error_pct' is not a list of numbers"
+                f"{path} is damaged: record {n} (epoch {epoch}): 'test_error_pct' is not a list of numbers"
             )
         if outputs is not None and len(errors) != outputs:
             raise CompactError(
-                f"{path} is damaged: line {n} (epoch {epoch}) has {len(errors)} test errors for {outputs} outputs"
+                f"{path} is damaged: record {n} (epoch {epoch}) has {len(errors)} test errors for {outputs} outputs"
             )
     return [record for _, record in lines]
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def curves_data(run: Path, recipe: Any, seeds: list[int], models: list[Any]) -> dict[str, Any]:
@@ -70,7 +56,7 @@ def curves_data(run: Path, recipe: Any, seeds: list[int], models: list[Any]) -> 
                 errors = record.get("test_error_pct") or []
                 epoch = record["epoch"]
                 for k, v in enumerate(errors):
-                    if _finite(v):
+                    if is_finite_number(v):
                         by_output.setdefault(k, {}).setdefault(epoch, []).append(float(v))
         for k, epochs in sorted(by_output.items()):
             key = (entry.name, None) if entry.kind == "prune" else (entry.name, k)

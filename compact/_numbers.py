@@ -1,0 +1,17 @@
+"""Type tests for numbers read from files and recipes, where ``True`` is an ``int`` to Python but never a
+count, a rate or an error to compact."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def is_number(value: Any) -> bool:
+    """An int or float that is not a bool; NaN and infinities included (a diverged run's error)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float that is not a bool, NaN or infinite."""
+    return is_number(value) and math.isfinite(value)
