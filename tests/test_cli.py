@@ -52,6 +52,7 @@ def test_exits_json_for_resnet56(capsys):
     assert [r["depth"] for r in rows] == [15, 25, 35, 45, 56]
     assert [r["params"] for r in rows][-1] == 853018
     assert [r["gamma"] for r in rows] == pytest.approx([1 / 9, 25 / 81, 49 / 81, 1, 1], abs=1e-6)
+    assert [r["feature"] for r in rows] == ["nchw"] * 4 + [None]
 
 
 @pytest.mark.parametrize(

@@ -268,3 +268,163 @@ def test_depth_counts_layers_written_as_matrix_products():
     net = attach_exits(MatNet(), nodes=["b1", "b2"], head="gap-fc", input_size=(4,))
     assert net.depths == [1, 2, 3]
     assert LossWeighting(net.depths).gammas() == pytest.approx(LossWeighting([1, 2, 3]).gammas())
+
+
+# -- where an exit's feature keeps its channels --------------------------------------------------------------
+class _Stage(nn.Module):
+    """A block of a channels-last network (like Swin's): LayerNorm and an MLP over the last dimension."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(c), nn.Linear(c, 2 * c), nn.Linear(2 * c, c)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+
+class _ChannelsLastNet(nn.Module):
+    """Conv stem, then (N, H, W, C) stages; H = W = 8 and C = 12, so dimension 1 is not the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 4, stride=4)
+        self.s1, self.s2, self.s3 = _Stage(12), _Stage(12), _Stage(12)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.stem(x).permute(0, 2, 3, 1)
+        return self.fc(self.s3(self.s2(self.s1(x))).mean((1, 2)))
+
+
+class _TokenNet(nn.Module):
+    """Patch embedding to (N, L, C) tokens with a class token, like a vision transformer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 12, 4, stride=4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 12))
+        self.s1, self.s2, self.s3 = _Stage(12), _Stage(12), _Stage(12)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.fc(self.s3(self.s2(self.s1(x)))[:, 0])
+
+
+class _Shuffle(nn.Module):
+    """A conv block ending in ShuffleNet's channel shuffle: the channels are split in two, swapped, merged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(12, 12, 3, padding=1)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return torch.relu(self.conv(x)).view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class _ShuffleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 4, stride=4)
+        self.b1, self.b2 = _Shuffle(), _Shuffle()
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.fc(self.b2(self.b1(self.stem(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "model, layout",
+    [(_ChannelsLastNet, "nhwc"), (_TokenNet, "nlc"), (_ShuffleNet, "nchw")],
+)
+def test_heads_pool_over_everything_but_the_channels_in_any_layout(model, layout, tmp_path):
+    torch.manual_seed(0)
+    backbone = model()
+    nodes = ["b1"] if model is _ShuffleNet else ["s1", "s2"]
+    net = attach_exits(backbone, nodes=nodes, input_size=(3, 32, 32)).eval()
+    assert [h.layout for h in net.heads] == [layout] * len(nodes)
+    assert all(h.in_channels == 12 for h in net.heads)  # not H (8) or L (17)
+    x = torch.randn(4, 3, 32, 32)
+    feature = net.features(x)[nodes[0]]
+    head = net.heads[0]
+    with torch.no_grad():
+        for p in head.bn.parameters():
+            p.uniform_(0.5, 1.5)
+        head.bn.running_mean.uniform_(-0.2, 0.2)
+        # by hand: channels to dimension 1, BatchNorm (eval) per channel, ReLU, mean over the rest, linear
+        f = feature.permute(0, 3, 1, 2) if layout == "nhwc" else feature.transpose(1, 2) if layout == "nlc" else feature
+        shape = (1, -1) + (1,) * (f.dim() - 2)
+        bn = head.bn
+        normed = (f - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+        normed = normed * bn.weight.view(shape) + bn.bias.view(shape)
+        expected = head.fc(torch.relu(normed).flatten(2).mean(2))
+        assert torch.allclose(net.forward_exits(x)[0], expected, atol=1e-5)
+    # the exported exit, in ONNX Runtime, computes the same
+    from compact.exits.standalone import extract_exit
+    from compact.profile.onnx_export import export_onnx, ort_session, parity
+
+    exit0 = extract_exit(net, 0).eval()
+    path = export_onnx(exit0, (3, 32, 32), tmp_path / "exit0.onnx")
+    assert parity(exit0, ort_session(path), (3, 32, 32)) < 1e-5
+
+
+def test_a_feature_whose_channels_cannot_be_followed_is_refused_by_name():
+    class Split(nn.Module):  # channels reshaped into (heads, width): no single channel dimension
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 12, 4, stride=4)
+            self.fc = nn.Linear(12, 5)
+
+        def forward(self, x):
+            h = self.conv(x)
+            heads = h.view(h.shape[0], 3, 4, 8, 8)
+            return self.fc(heads.flatten(2).mean(2).repeat(1, 4))
+
+    with pytest.raises(CompactError, match=r"the feature at 'view' \(shape \(1, 3, 4, 8, 8\)\) has no layout"):
+        attach_exits(Split(), nodes=["view"], input_size=(3, 32, 32))
+
+    class Mixed(nn.Module):  # an einsum: compact does not follow the channels through it
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 12, 4, stride=4)
+            self.w = nn.Parameter(torch.randn(12, 12))
+            self.fc = nn.Linear(12, 5)
+
+        def forward(self, x):
+            h = torch.einsum("nchw,cd->nhwd", self.conv(x), self.w)
+            return self.fc(h.mean((1, 2)))
+
+    with pytest.raises(CompactError, match=r"'einsum' \(shape \(1, 8, 8, 12\)\) has no layout .*cannot be told"):
+        attach_exits(Mixed(), nodes=["einsum"], input_size=(3, 32, 32))
+
+
+def test_unknown_head_layouts_are_refused():
+    from compact.exits import create_head
+
+    with pytest.raises(CompactError, match="unknown feature layout 'nwhc'; heads take: nchw, nhwc, ncl, nlc, nc"):
+        create_head("gap-fc", 8, 3, "nwhc")
+
+
+def test_a_size_hint_is_only_given_where_it_is_true():
+    """A network whose input must divide a window has no smallest size that works: bisection would name a
+    size while most larger ones fail. compact names the model's declared default size instead, or none."""
+    from compact.exits.network import check_input_size
+
+    class Windowed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            torch._assert(x.shape[-1] % 8 == 0, "the side must divide the window (8)")
+            return self.conv(x).mean((2, 3))
+
+    model = Windowed()
+    with pytest.raises(CompactError) as err:
+        check_input_size(model, (3, 20, 20))
+    assert str(err.value).endswith("(the side must divide the window (8))")  # no false "smallest" hint
+    model.pretrained_cfg = {"input_size": (3, 24, 24)}
+    with pytest.raises(CompactError, match=r"; it takes its default size 3x24x24 \(--image-size 24\)$"):
+        check_input_size(model, (3, 20, 20))

@@ -112,9 +112,10 @@ def _cmd_exits(args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{args.model}: {net.num_outputs} outputs, head {net.head_type}, {weighting}")
-    print(f"{'output':>6}  {'node':<32}{'layer':>6}{'params':>12}{'gamma':>8}")
+    print(f"{'output':>6}  {'node':<32}{'layer':>6}{'params':>12}{'gamma':>8}  feature")
     for r in rows:
-        print(f"{r['output']:>6}  {r['node']:<32}{r['depth']:>6}{r['params']:>12,}{r['gamma']:>8.3f}")
+        feature = r["feature"] or "logits"
+        print(f"{r['output']:>6}  {r['node']:<32}{r['depth']:>6}{r['params']:>12,}{r['gamma']:>8.3f}  {feature}")
     return 0
 
 

@@ -19,6 +19,7 @@ from compact.errors import CompactError
 from compact.exits import _fx
 from compact.exits.discovery import Block, discover_block_names, no_blocks_error
 from compact.exits.heads import HEADS, create_head
+from compact.exits.layout import channels, feature_layouts
 
 
 def even_positions(num_blocks: int, num_outputs: int) -> list[int]:
@@ -153,11 +154,13 @@ class MultiExitNet(nn.Module):
         return [sum(p.numel() for p in self.output_parameters(i)) for i in range(self.num_outputs)]
 
     def describe(self) -> list[dict]:
-        """One row per output: name, depth, parameter count."""
+        """One row per output: name, depth, parameter count and the layout of the feature its head reads
+        (``nchw``, ``nhwc``, ``nlc``, ...; None for the final output)."""
         counts = self.output_param_counts()
         names = [*self.exit_nodes, f"{self.final_node} (final)"]
+        layouts = [getattr(h, "layout", None) for h in self.heads] + [None]
         return [
-            {"output": i, "node": names[i], "depth": self.depths[i], "params": counts[i]}
+            {"output": i, "node": names[i], "depth": self.depths[i], "params": counts[i], "feature": layouts[i]}
             for i in range(self.num_outputs)
         ]
 
@@ -230,12 +233,15 @@ def attach_exits(
     # size the heads with one dummy batch in eval mode (no BatchNorm statistics change)
     was_training = model.training
     model.eval()
-    extractor = _fx.feature_extractor(model, [*(b.name for b in selected), final_node])
-    with torch.no_grad():
-        feats = extractor(torch.zeros(1, *input_size))
-    model.train(was_training)
+    extractor = _fx.feature_extractor(model, [*(b.name for b in selected), final_node]).eval()
+    try:
+        feats, layouts = feature_layouts(extractor, input_size, [b.name for b in selected])
+    finally:
+        model.train(was_training)
     num_classes = feats[final_node].shape[-1]
-    heads = [create_head(head, feats[b.name].shape[1], num_classes, feats[b.name].dim()) for b in selected]
+    heads = [
+        create_head(head, channels(feats[b.name], layouts[b.name]), num_classes, layouts[b.name]) for b in selected
+    ]
     net = MultiExitNet(model, [b.name for b in selected], heads, [*depths, final_depth], final_node, head)
     net.__dict__["_extractors"]["all"] = extractor.train(model.training)  # reuse the trace
     if check:
@@ -255,7 +261,8 @@ def _runs(model: nn.Module, input_size: Sequence[int]) -> str | None:
 
 def check_input_size(model: nn.Module, input_size: Sequence[int]) -> None:
     """Refuse an input size the model cannot take (its feature maps shrink to nothing, or its layers expect
-    another size), naming the smallest square side that works when one up to 1024 px does."""
+    another size), naming a square size that works: the smallest up to 1024 px where sizes above it work too
+    (a network whose sizes must divide a window has no such size), else the model's declared default."""
     was_training = model.training
     model.eval()
     try:
@@ -265,15 +272,28 @@ def check_input_size(model: nn.Module, input_size: Sequence[int]) -> None:
         hint = ""
         if len(input_size) == 3:
             c, side = int(input_size[0]), int(max(input_size[1:]))
+            default = _default_side(model)
             if _runs(model, (c, 1024, 1024)) is None:
                 lo, hi = side, 1024  # lo fails, hi works
                 while hi - lo > 1:
                     mid = (lo + hi) // 2
                     lo, hi = (lo, mid) if _runs(model, (c, mid, mid)) is None else (mid, hi)
-                hint = f"; the smallest square input it takes is {c}x{hi}x{hi} (--image-size {hi})"
+                if all(_runs(model, (c, s, s)) is None for s in (hi + 1, hi + 2, hi + 3)):
+                    hint = f"; the smallest square input it takes is {c}x{hi}x{hi} (--image-size {hi})"
+            if not hint and default is not None and _runs(model, (c, default, default)) is None:
+                hint = f"; it takes its default size {c}x{default}x{default} (--image-size {default})"
     finally:
         model.train(was_training)
     raise CompactError(f"{type(model).__name__} cannot take inputs of size {tuple(input_size)} ({problem}){hint}")
+
+
+def _default_side(model: nn.Module) -> int | None:
+    """The square input side a timm model declares in its configuration (library metadata), if any."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if isinstance(size, tuple | list) and len(size) == 3 and size[1] == size[2] and isinstance(size[1], int):
+        return size[1]
+    return None
 
 
 def check_faithful(net: MultiExitNet, input_size: Sequence[int]) -> None:

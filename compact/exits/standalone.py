@@ -16,6 +16,7 @@ from torch import nn
 from compact.errors import CompactError
 from compact.exits import _fx
 from compact.exits.heads import create_head
+from compact.exits.layout import channels, feature_layouts
 
 
 class ExitModel(nn.Module):
@@ -43,10 +44,12 @@ def build_exit_model(
     trunk = cut_backbone(backbone, node)
     was_training = trunk.training
     trunk.eval()
-    with torch.no_grad():
-        feat = trunk(torch.zeros(1, *input_size))[node]
-    trunk.train(was_training)
-    return ExitModel(trunk, node, create_head(head_type, feat.shape[1], num_classes, feat.dim()))
+    try:
+        feats, layouts = feature_layouts(trunk, input_size, [node])
+    finally:
+        trunk.train(was_training)
+    head = create_head(head_type, channels(feats[node], layouts[node]), num_classes, layouts[node])
+    return ExitModel(trunk, node, head)
 
 
 def extract_exit(net: nn.Module, output: int) -> nn.Module:
