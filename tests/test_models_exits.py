@@ -96,6 +96,8 @@ FAMILIES = {
     "timm:regnetx_002": 41,
     "timm:mobilenetv3_small_050": 54,
     "timm:efficientnet_b0": 82,
+    "timm:convnext_atto": 41,
+    "timm:ghostnet_050": 86,
     "torchvision:resnet18": 18,
     "torchvision:mobilenet_v2": 53,
     "torchvision:mobilenet_v3_small": 54,
@@ -428,3 +430,15 @@ def test_a_size_hint_is_only_given_where_it_is_true():
     model.pretrained_cfg = {"input_size": (3, 24, 24)}
     with pytest.raises(CompactError, match=r"; it takes its default size 3x24x24 \(--image-size 24\)$"):
         check_input_size(model, (3, 20, 20))
+
+
+def test_transformer_blocks_are_found_and_their_tokens_get_heads():
+    """ViT's blocks are discovered like residual blocks; their (N, L, C) tokens get heads over C (192)."""
+    model = create_model("timm:vit_tiny_patch16_224", num_classes=5)
+    net = attach_exits(model, 3, input_size=(3, 224, 224)).eval()
+    assert net.exit_nodes == ["blocks.3", "blocks.7"] and net.depths == [17, 33, 50]
+    assert [(h.layout, h.in_channels) for h in net.heads] == [("nlc", 192), ("nlc", 192)]
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        outs = net.forward_exits(x)
+        assert torch.equal(outs[-1], model(x)) and all(o.shape == (2, 5) for o in outs)

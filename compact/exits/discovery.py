@@ -1,8 +1,9 @@
 """Finding the blocks of a network after which exits can be attached.
 
 A block is the outermost module of a known building-block class (residual blocks, inverted residuals,
-dense blocks) of compact's CIFAR ResNets, timm (ResNet, RegNet, MobileNet, EfficientNet families) or
-torchvision (ResNet, MobileNetV2/V3, ShuffleNetV2, DenseNet). For other models, pass module or graph-node
+dense blocks, ConvNeXt and transformer blocks) of compact's CIFAR networks, timm (ResNet, RegNet, MobileNet,
+EfficientNet, ConvNeXt, ViT, Swin, Mixer, GhostNet, ResNeSt, RepVGG families) or torchvision (ResNet,
+MobileNetV2/V3, ShuffleNetV2, DenseNet, ConvNeXt, ViT, Swin). For other models, pass module or graph-node
 names explicitly; when discovery finds nothing, the error lists the candidate module names.
 """
 
@@ -34,6 +35,18 @@ BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
         "FaceBottleneck",
     ),
     "dense": ("_DenseBlock", "DenseBlock", "DenseLayer"),  # DenseLayer: compact's, returns the concatenation
+    # their features need not be (N, C, H, W): Swin's are (N, H, W, C), ViT's tokens (N, L, C); the heads
+    # follow the channels (compact.exits.layout)
+    "convnext and transformer": (
+        "ConvNeXtBlock",  # timm ConvNeXt
+        "CNBlock",  # torchvision ConvNeXt
+        "SwinTransformerBlock",  # timm and torchvision Swin
+        "SwinTransformerBlockV2",
+        "Block",  # timm ViT, DeiT, BEiT, ...
+        "EncoderBlock",  # torchvision ViT
+        "MixerBlock",  # timm MLP-Mixer
+    ),
+    "other": ("GhostBottleneck", "ResNestBottleneck", "RepVggBlock"),
 }
 _ALL = {name for names in BLOCK_CLASSES.values() for name in names}
 
