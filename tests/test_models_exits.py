@@ -433,12 +433,18 @@ def test_a_size_hint_is_only_given_where_it_is_true():
 
 
 def test_transformer_blocks_are_found_and_their_tokens_get_heads():
-    """ViT's blocks are discovered like residual blocks; their (N, L, C) tokens get heads over C (192)."""
-    model = create_model("timm:vit_tiny_patch16_224", num_classes=5)
-    net = attach_exits(model, 3, input_size=(3, 224, 224)).eval()
+    """ViT's blocks are discovered like residual blocks; their (N, L, C) tokens get heads over C (192). Built
+    for 32 px inputs (``img_size``, as for CIFAR): 4 x 4 patches of 8 px plus the class token."""
+    model = create_model("timm:vit_tiny_patch16_224", num_classes=5, img_size=32)
+    net = attach_exits(model, 3, input_size=(3, 32, 32)).eval()
     assert net.exit_nodes == ["blocks.3", "blocks.7"] and net.depths == [17, 33, 50]
     assert [(h.layout, h.in_channels) for h in net.heads] == [("nlc", 192), ("nlc", 192)]
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
+        assert net.features(x)["blocks.3"].shape == (2, 5, 192)
         outs = net.forward_exits(x)
         assert torch.equal(outs[-1], model(x)) and all(o.shape == (2, 5) for o in outs)
+    with pytest.raises(CompactError, match="cannot build timm:resnet18 .*unexpected keyword argument 'img_size'"):
+        create_model("timm:resnet18", img_size=32)
+    with pytest.raises(CompactError, match=r"img_size must lie in \[8, 2048\], got 4096"):
+        create_model("timm:vit_tiny_patch16_224", img_size=4096)

@@ -80,6 +80,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+#: upper bounds of the sizes a file or option may ask for (a larger model is built by code, not from a file)
+MAX_CLASSES = 100_000
+MAX_IN_CHANS = 64
+MAX_SIDE = 2048
+
 _RATE = Arg("float", 0.0, 0.95)
 
 #: timm: regularisation and pooling (``timm.create_model`` passes them to every model that knows them)
@@ -89,6 +94,8 @@ TIMM_ARGS: dict[str, Arg] = {
     "drop_block_rate": _RATE,
     "global_pool": Arg("choice", choices=("avg", "max", "avgmax", "catavgmax")),
     "output_stride": Arg("choice", choices=(8, 16, 32)),
+    # the input side of models built for one size (ViT, Swin, Mixer): e.g. 32 for CIFAR
+    "img_size": Arg("int", 8, MAX_SIDE),
 }
 
 #: torchvision: the plain constructor arguments of its classification models
@@ -101,11 +108,6 @@ TORCHVISION_ARGS: dict[str, Arg] = {
     "transform_input": Arg("bool"),
     "aux_logits": Arg("bool", choices=(False,)),  # True makes forward return a tuple in train mode
 }
-
-#: upper bounds of the sizes a file or option may ask for (a larger model is built by code, not from a file)
-MAX_CLASSES = 100_000
-MAX_IN_CHANS = 64
-MAX_SIDE = 2048
 
 
 def check_model_args(family: str, allowed: Mapping[str, Arg], kwargs: Mapping[str, Any], model: str) -> dict:
