@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,14 @@ FORMAT = "compact.model"
 FORMAT_VERSION = 1
 KINDS = ("full", "multi-exit", "exit")
 _META_KEY = "compact"
+#: buffers that torch.fx makes of tensors a traced forward creates (a cut trunk's attention masks, position
+#: indices): rebuilt by tracing the architecture, numbered by how often the model was traced before, so never
+#: stored and never read from a file
+_TRACE_CONSTANT = re.compile(r"(^|\.)_tensor_constant\d+$")
+
+
+def _stored(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not _TRACE_CONSTANT.search(k)}
 
 
 @dataclass
@@ -289,8 +298,9 @@ def _check_layer_shapes(module: nn.Module, path: Path | str) -> None:
 
 
 def _load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], info: ModelInfo, path: Path | str) -> None:
+    tensors = _stored(tensors)
     _conform(module, {k: tuple(t.shape) for k, t in tensors.items()}, info.attrs)
-    expected = set(module.state_dict())
+    expected = set(_stored(module.state_dict()))
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
         raise CompactError(
@@ -299,7 +309,7 @@ def _load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], info: Mod
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
         )
     try:
-        module.load_state_dict(tensors, strict=True)
+        module.load_state_dict(tensors, strict=False)  # every stored key was checked above; constants stay
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip()
         raise CompactError(f"{path}: weights do not fit the {info.kind} {info.arch} they describe ({first})") from None
@@ -332,7 +342,7 @@ def save_model(model: nn.Module, path: str | Path, info: ModelInfo, verify: bool
     random batch must equal the model's (eval mode). The file is written to a temporary name and renamed.
     """
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in _stored(model.state_dict()).items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CompactError(

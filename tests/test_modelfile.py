@@ -179,3 +179,44 @@ def test_export_refuses_to_overwrite_and_bad_exit_index(tmp_path):
     with pytest.raises(CompactError, match="not an output index"):
         export_output(net, _info(net), "deepest", tmp_path / "f.safetensors")
     assert path.read_bytes() == before
+
+
+class _MaskedBlock(torch.nn.Module):
+    """A residual block that multiplies by a mask its forward makes from constants (like Swin's attention
+    masks): tracing makes it a ``_tensor_constant<N>`` buffer, numbered by how often the model was traced."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + torch.relu(self.conv(x)) * torch.linspace(0.5, 1.5, 28).view(1, 1, 1, 28)
+
+
+def test_an_exit_whose_trunk_holds_trace_constants_exports_and_reloads(tmp_path):
+    from compact.models._builder import MODEL_ARGS, MODELS, register_model
+
+    class BasicBlock(_MaskedBlock):  # a block class compact discovers
+        pass
+
+    def build(num_classes: int = 10, in_chans: int = 1) -> torch.nn.Module:
+        blocks = [BasicBlock(4) for _ in range(3)]
+        head = torch.nn.Linear(4 * 28 * 28, num_classes)
+        return torch.nn.Sequential(torch.nn.Conv2d(in_chans, 4, 3, padding=1), *blocks, torch.nn.Flatten(), head)
+
+    register_model("test_masked")(build)
+    try:
+        torch.manual_seed(0)
+        net = attach_exits(create_model("test_masked", num_classes=10, in_chans=1), 3, input_size=SIZE).eval()
+        x = torch.randn(3, *SIZE)
+        expected = [net.forward_exit(x, i) for i in range(2)]  # more traces: more constants on the backbone
+        nodes, head = net.exit_nodes, net.head_type
+        info = ModelInfo("test_masked", 10, 1, list(SIZE), kind="multi-exit", exit_nodes=nodes, head=head)
+        for i in range(2):
+            path = tmp_path / f"exit{i}.safetensors"
+            export_output(net, info, i, path)
+            model, _ = load_model(path)
+            assert torch.allclose(model(x), expected[i], atol=1e-6)
+    finally:
+        MODELS._entries.pop("test_masked", None)
+        MODEL_ARGS.pop("test_masked", None)
