@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from compact.errors import CompactError
+from compact.exits import _fx
 
 #: feature layouts a head accepts, by (rank, channel dimension)
 LAYOUTS = {(2, 1): "nc", (3, 1): "ncl", (3, 2): "nlc", (4, 1): "nchw", (4, 3): "nhwc"}
@@ -33,8 +34,6 @@ _CHANNELS_FIRST_FUNCTIONS = {
     F.conv_transpose2d, F.conv_transpose3d, F.batch_norm, F.instance_norm, F.group_norm, torch.batch_norm,
     torch.group_norm, torch.instance_norm,
 }  # fmt: skip
-_MATMUL = {operator.matmul, torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, "matmul", "mm", "bmm",
-           "__matmul__", "addmm", "baddbmm"}  # fmt: skip
 _RESHAPES = {torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten, "reshape", "view",
              "flatten", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as", "contiguous"}  # fmt: skip
 _REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp, "mean", "sum",
@@ -48,13 +47,10 @@ class _Recorder(fx.Interpreter):
     def __init__(self, module: fx.GraphModule) -> None:
         super().__init__(module)
         self.shapes: dict[fx.Node, tuple[int, ...] | None] = {}
-        self.values: dict[fx.Node, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         self.shapes[n] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-        if not isinstance(out, torch.Tensor) and isinstance(out, tuple | list):
-            self.values[n] = [tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in out]
         return out
 
 
@@ -125,14 +121,14 @@ def _channels(n: fx.Node, root: nn.Module, rec: _Recorder, known: dict[fx.Node, 
         return first
     if target is F.linear:
         return last
-    if target in _MATMUL:
+    if target in _UNKNOWN:
+        return None
+    if _fx._is_matmul(n):
         if any(x.op == "get_attr" for x in n.all_input_nodes):
             return last  # ``x @ self.weight``: a linear layer written out
         other = n.args[-1] if isinstance(n.args[-1], fx.Node) else None
         b = known.get(other) if other is not None else None
         return last if b is not None and b == frozenset({len(rec.shapes.get(other) or ()) - 1}) else None
-    if target in _UNKNOWN:
-        return None
     if target in (torch.cat, torch.concat, torch.stack):
         return _kept(n, shape, rec, known)
     source = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
