@@ -65,12 +65,26 @@ def test_exits_json_for_resnet56(capsys):
         (["exits", "--model", "cifar_resnet20", "--exits", "3", "--head", "x"], "valid head types"),
         (["exits", "--model", "cifar_resnet20", "--exits", "3", "--schedule", "x"], "adaptive-2"),
         (["exits", "--model", "cifar_resnet20", "--exits", "3", "--exit-blocks", "2"], "only one of"),
+        # arguments compact sets itself were a TypeError (internal error) in exits and profile
+        (["exits", "--model", "cifar_resnet20", "--model-arg", "num_classes=3"], "'num_classes' is set by compact"),
+        (["exits", "--model", "timm:resnet18", "--model-arg", "in_chans=1"], "'in_chans' is set by compact"),
+        (["profile", "cifar_resnet20", "--no-latency", "--model-arg", "num_classes=3"], "'num_classes' is set by"),
+        (["train", "--model", "cifar_resnet20", "--out", "never-made", "--seed", str(2**64)], "seed must be an integer in 0..2147483647"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_an_error_quoting_a_huge_value_stays_short(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "seeds": list(range(100_000))}, default_flow_style=True))
+    assert main(["recipes", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "seeds must be a list of 1..100 distinct integers" in err and "characters left out" in err
+    assert err.count("\n") == 1 and len(err) < 4200
 
 
 def test_python_dash_m_compact():

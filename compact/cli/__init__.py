@@ -63,9 +63,16 @@ def get_parser() -> argparse.ArgumentParser:
 DEBUG_ENV = "COMPACT_DEBUG"
 
 
+#: the longest error message printed: a message quoting a huge value from a crafted file is cut in the middle
+MAX_MESSAGE = 4000
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > MAX_MESSAGE:
+        cut = len(text) - MAX_MESSAGE
+        text = f"{text[: MAX_MESSAGE - 1000]} [... {cut:,} characters left out ...] {text[-1000:]}"
+    return text
 
 
 def _interrupted(args: argparse.Namespace) -> str:

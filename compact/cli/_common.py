@@ -129,8 +129,9 @@ def build_net(args: argparse.Namespace):
     """(MultiExitNet, LossWeighting) from the options of :func:`add_model_args`."""
     from compact.exits import LossWeighting, attach_exits
     from compact.models import create_model
+    from compact.models.arguments import check_kwargs_mapping
 
-    kwargs = dict(getattr(args, "model_kwargs", None) or [])
+    kwargs = check_kwargs_mapping(dict(getattr(args, "model_kwargs", None) or []), f"--model-arg of {args.model}")
     model = create_model(args.model, num_classes=args.num_classes, in_chans=args.input_size[0], **kwargs)
     placement = {
         "num_outputs": args.exits,

@@ -137,7 +137,10 @@ def check_kwargs_mapping(kwargs: Any, where: str) -> dict[str, Any]:
         if not isinstance(key, str) or not key.isidentifier():
             raise CompactError(f"{where}: model argument names are identifiers, got {_short(key)}")
         if key in RESERVED:
-            raise CompactError(f"{where}: {key!r} is set by compact itself and cannot be a model argument")
+            raise CompactError(
+                f"{where}: {key!r} is set by compact itself (from the data, or --num-classes and --input-size) "
+                "and cannot be a model argument"
+            )
         if key in FORBIDDEN or key.startswith("pretrained"):
             raise CompactError(
                 f"{where}: model argument {key!r} is refused: compact builds models without pretrained weights and "

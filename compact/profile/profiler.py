@@ -56,9 +56,11 @@ def architecture_target(
     """A freshly initialised registered architecture (``cifar_resnet56``, ``timm:resnet18``, ...) to profile;
     counts and latency do not depend on training (BatchNorm keeps its initial statistics)."""
     from compact.models import create_model
+    from compact.models.arguments import check_kwargs_mapping
 
+    kwargs = check_kwargs_mapping(model_kwargs or {}, f"model argument of {name}")
     torch.manual_seed(0)
-    module = create_model(name, num_classes=num_classes, in_chans=int(input_size[0]), **(model_kwargs or {}))
+    module = create_model(name, num_classes=num_classes, in_chans=int(input_size[0]), **kwargs)
     desc = {"source": "initialisation", "arch": name, "kind": "full", "dataset": None}
     return Target(name, module.eval(), list(input_size), None, desc)
 

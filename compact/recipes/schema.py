@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from compact._resources import resolve
-from compact.engine.config import PLACEMENT_KEYS, TrainConfig, read_yaml
+from compact.engine.config import MAX_SEED, PLACEMENT_KEYS, TrainConfig, read_yaml
 from compact.errors import CompactError
 
 TOP_KEYS = {"name", "description", "data", "seeds", "train_defaults", "profile", "entries", "notes", "claims"}
@@ -157,10 +157,10 @@ def parse_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     if (
         not isinstance(seeds, list)
         or not 0 < len(seeds) <= 100
-        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds)
         or len(set(seeds)) != len(seeds)
     ):
-        raise CompactError(f"{where}: seeds must be a list of 1..100 distinct integers >= 0, got {seeds!r}")
+        raise CompactError(f"{where}: seeds must be a list of 1..100 distinct integers in 0..{MAX_SEED}, got {seeds!r}")
     defaults = _mapping(raw.get("train_defaults"), f"{where}: train_defaults")
     _check_keys(defaults, set(TrainConfig.keys()) - {"model", "data", "method"}, f"{where}: train_defaults")
     profile = {
