@@ -390,6 +390,11 @@ def read_info(path: str | Path) -> ModelInfo:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error type for bad headers
+        if path.suffix.lower() == ".onnx":
+            raise CompactError(
+                f"{path} is an ONNX graph, not a compact model file: give the .safetensors file or run folder it "
+                "was exported from (compact export writes both)"
+            ) from exc
         raise CompactError(f"{path} is not a readable compact model file ({exc})") from exc
     if _META_KEY not in meta:
         raise CompactError(f"{path} is a safetensors file without a compact model description")

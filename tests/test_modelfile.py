@@ -220,3 +220,38 @@ def test_an_exit_whose_trunk_holds_trace_constants_exports_and_reloads(tmp_path)
     finally:
         MODELS._entries.pop("test_masked", None)
         MODEL_ARGS.pop("test_masked", None)
+
+
+@pytest.mark.parametrize("which,index", [("0", 0), ("final", 2)])
+def test_an_output_exported_as_onnx_predicts_like_the_output_and_carries_its_normalisation(tmp_path, which, index):
+    import onnx
+    import onnxruntime as ort
+
+    from compact.cli import main
+
+    net = _net()
+    save_model(net, tmp_path / "m.safetensors", _info(net))
+    out = tmp_path / "exit.onnx"
+    assert main(["export", str(tmp_path / "m.safetensors"), "--exit", which, "--out", str(out)]) == 0
+    x = torch.randn(6, *SIZE)
+    expected = net.forward_exits(x)[index].detach().numpy()
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["logits"], {"input": x.numpy()})[0]
+    assert got.shape == (6, 10) and abs(got - expected).max() < 1e-4
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    assert props["compact.mean"] == [0.286] and props["compact.std"] == [0.353]
+    assert props["compact.input_size"] == list(SIZE) and props["compact.output"] == index
+    assert props["compact.depth"] == net.depths[index]
+    assert [p.name for p in tmp_path.iterdir()] and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_names_the_file_kinds_it_writes_and_eval_refuses_an_onnx_graph_by_name(tmp_path, capsys):
+    from compact.cli import main
+
+    net = _net()
+    save_model(net, tmp_path / "m.safetensors", _info(net))
+    assert main(["export", str(tmp_path / "m.safetensors"), "--exit", "0", "--out", str(tmp_path / "e.pt")]) == 2
+    assert "name the file .safetensors" in capsys.readouterr().err and not (tmp_path / "e.pt").exists()
+    assert main(["export", str(tmp_path / "m.safetensors"), "--exit", "0", "--out", str(tmp_path / "e.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "e.onnx")]) == 2
+    assert "is an ONNX graph, not a compact model file" in capsys.readouterr().err

@@ -335,13 +335,14 @@ def _add_export(sub) -> None:
         help="write the network cut at its exits as ONNX segments plus manifest.json into the folder --out "
         "(run it with compact cascade)",
     )
-    p.add_argument("--out", required=True, metavar="FILE_OR_DIR", help="model file to write (.safetensors), or "
-                   "with --cascade the folder")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="FILE_OR_DIR", help="file to write: .safetensors (a compact "
+                   "model file) or .onnx (an ONNX graph, checked against PyTorch); with --cascade the folder")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace FILE (or the cascade folder) if it exists")
 
 
 def _cmd_export(args) -> int:
     from compact.engine import export_output
+    from compact.engine.run import export_output_onnx
 
     if args.cascade:
         from compact.cli.cascade import _export
@@ -353,17 +354,28 @@ def _cmd_export(args) -> int:
             print(f"{s['file']}: {s['node']} (layer {s['depth']}), {macs:,} MACs, parity {s['parity_onnx']:.1e}")
         return 0
     check_output_file(args.out, "--out")
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".safetensors", ".onnx"):
+        raise CompactError(
+            f"--out {args.out!r}: name the file .safetensors (a compact model file: eval, profile, prune, "
+            "probe take it) or .onnx (an ONNX graph for deployment)"
+        )
     net, info, _, _ = _load_target(Path(args.target), "cpu")
     if not hasattr(net, "exit_nodes"):
         raise CompactError(
             f"{args.target} is a single-output model ({info.kind}); export takes a run or multi-exit file"
         )
-    written = export_output(net, info, args.which, args.out, overwrite=args.overwrite)
+    parity = ""
+    if suffix == ".onnx":
+        written, diff = export_output_onnx(net, info, args.which, args.out, overwrite=args.overwrite)
+        parity = f"; ONNX Runtime parity {diff:.1e}"
+    else:
+        written = export_output(net, info, args.which, args.out, overwrite=args.overwrite)
     total = sum(p.numel() for p in net.backbone.parameters())
     what = f"exit {written.source['output']} at {written.exit_nodes[0]}" if written.kind == "exit" else "final output"
     print(
         f"wrote {args.out}: {what} (layer {written.source['depth']}), {written.params:,} parameters "
-        f"({100 * written.params / total:.1f}% of the backbone's {total:,})"
+        f"({100 * written.params / total:.1f}% of the backbone's {total:,}){parity}"
     )
     return 0
 

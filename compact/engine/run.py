@@ -65,6 +65,61 @@ def open_run(path: str | Path) -> Run:
     return Run(path, TrainConfig.from_dict(read_yaml(path / CONFIG), str(path / CONFIG)))
 
 
+def export_output_onnx(
+    net: MultiExitNet, info: ModelInfo, which: int | str, path: str | Path, overwrite: bool = False
+) -> tuple[ModelInfo, float]:
+    """Write output ``which`` of ``net`` as an ONNX graph (input ``input``, output ``logits``, dynamic
+    batch) and return its description and its ONNX Runtime parity (as :func:`compact.profile.onnx_export.parity`
+    measures it; a parity above 1e-4 is an error and nothing is written).
+
+    The graph takes normalised images, as the model file does; the normalisation, input size, class names
+    and where the output sits go into the graph's metadata (keys ``compact.*``, values JSON).
+    """
+    import json
+
+    from compact.profile.onnx_export import export_onnx, ort_session, parity
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CompactError(f"{path} exists; pass --overwrite to replace it")
+    i = exit_index(net, which)
+    final = i == net.num_outputs - 1
+    module = extract_exit(net, i).eval()
+    sub_info = replace(
+        info,
+        kind="full" if final else "exit",
+        exit_nodes=[] if final else [net.exit_nodes[i]],
+        head=None if final else net.head_type,
+        attrs={},
+        params=sum(p.numel() for p in module.parameters()),
+        source={**info.source, "output": i, "depth": net.depths[i]},
+    )
+    metadata = {
+        f"compact.{key}": json.dumps(value)
+        for key, value in (
+            ("arch", info.arch),
+            ("output", i),
+            ("depth", net.depths[i]),
+            ("exit_node", None if final else net.exit_nodes[i]),
+            ("input_size", list(info.input_size)),
+            ("mean", info.mean),
+            ("std", info.std),
+            ("classes", info.classes),
+            ("dataset", info.dataset),
+        )
+    }
+    tmp = path.with_name(f".{path.name}.checking")
+    try:
+        export_onnx(module, info.input_size, tmp, metadata=metadata)
+        diff = parity(module, ort_session(tmp, threads=1), info.input_size)
+        if not diff < 1e-4:
+            raise CompactError(f"the ONNX graph of output {i} differs from PyTorch by {diff:.1e} (limit 1e-4); not written")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sub_info, diff
+
+
 def export_output(
     net: MultiExitNet, info: ModelInfo, which: int | str, path: str | Path, overwrite: bool = False
 ) -> ModelInfo:

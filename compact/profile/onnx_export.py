@@ -24,9 +24,11 @@ OPSET = 17
 INPUT, OUTPUT = "input", "logits"
 
 
-def export_onnx(model: nn.Module, input_size: Sequence[int], path: str | Path) -> Path:
+def export_onnx(
+    model: nn.Module, input_size: Sequence[int], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
     """Export ``model`` (eval mode, CPU) to ``path`` with a dynamic batch axis and check it (full check)."""
-    return export_graph(model, (torch.zeros(2, *input_size),), [INPUT], [OUTPUT], path)
+    return export_graph(model, (torch.zeros(2, *input_size),), [INPUT], [OUTPUT], path, metadata)
 
 
 def export_graph(
@@ -35,9 +37,12 @@ def export_graph(
     input_names: Sequence[str],
     output_names: Sequence[str],
     path: str | Path,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Export ``model`` called on example ``inputs`` (batch first) with the given tensor names and a dynamic
-    batch axis on each, then run onnx's full checker; the file appears only when both succeed."""
+    batch axis on each, then run onnx's full checker; the file appears only when both succeed. ``metadata``
+    goes into the graph's ``metadata_props`` (what a deployment needs beside the graph: normalisation,
+    classes)."""
     import onnx
 
     path = Path(path)
@@ -60,7 +65,11 @@ def export_graph(
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CompactError(f"ONNX cannot export {type(model).__name__}: {first}") from exc
         try:
-            onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+            proto = onnx.load(str(tmp))
+            if metadata:
+                onnx.helper.set_model_props(proto, dict(metadata))
+                onnx.save(proto, str(tmp))
+            onnx.checker.check_model(proto, full_check=True)
         except Exception as exc:
             raise CompactError(f"the ONNX export of {type(model).__name__} fails onnx's checker: {exc}") from exc
     return path
