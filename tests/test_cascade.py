@@ -223,6 +223,11 @@ def test_cascade_bad_input(resnet_cascade, tmp_path, capsys):
     for bad in ("1.5", "-0.1:0.9:3", "a:b:c", "0.9:0.1:5", "0:1:0", "", "nan"):
         with pytest.raises(CompactError):
             parse_thresholds(bad)
+    # the specific reasons reach the user (they were replaced by the generic format message)
+    with pytest.raises(CompactError, match="LOW must not exceed HIGH"):
+        parse_thresholds("0.9:0.1:5")
+    with pytest.raises(CompactError, match=r"the count must be in 1\.\.1000, got 100000"):
+        parse_thresholds("0.5:0.9:100000")
     cascade = Cascade(folder)
     with pytest.raises(CompactError, match=r"confidence in \[0, 1\]"):
         cascade.predict(np.zeros((1, *SIZE), np.float32), 2.0)

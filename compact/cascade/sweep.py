@@ -37,7 +37,9 @@ def parse_thresholds(text: str) -> list[float]:
             values = [lo] if n == 1 else [float(v) for v in np.linspace(lo, hi, n)]
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
+    except CompactError:
+        raise
+    except ValueError:  # float() and int() of what is not a number
         raise CompactError(
             f"--thresholds {text!r} is not LOW:HIGH:N (e.g. 0.5:0.999:50) or a list (e.g. 0.6,0.8,0.95)"
         ) from None
