@@ -75,6 +75,11 @@ def _with(change):
         (lambda r: r["entries"][4]["prune"].update(target_macs="1e400", match=None), "MACs target must lie in"),
         (lambda r: r["entries"][4]["prune"].update(round_to=0), "round_to must be an integer in 1..1024"),
         (lambda r: r["entries"][4]["prune"].update(finetune={"epochs": 0}), "epochs must be an integer >= 1"),
+        # downloading writes into the folder the recipe names: only the user asks for it (compact run --download)
+        (lambda r: r["data"].update(download=True, data_dir="/somewhere"), "data: a recipe cannot ask to download"),
+        (lambda r: r["entries"][0]["train"].update(download=True), "'mwbp': train: a recipe cannot ask to download"),
+        (lambda r: r.update(train_defaults={"download": True}), "train_defaults: a recipe cannot ask to download"),
+        (lambda r: r["entries"][4]["prune"].update(finetune={"download": True}), "cannot ask to download"),
     ],
 )
 def test_schema_errors_name_the_key(change, message):
@@ -646,3 +651,17 @@ def test_ablation_recipes_run_with_smoke_and_test_their_claims(name, tmp_path):
     table = "Table 7" if name.endswith("nu") else "Table 8"
     assert claims["comparisons"] and {r["table"] for r in claims["comparisons"]} == {table}
     assert all(r["verdict"] == "inconclusive" for r in claims["comparisons"])  # one smoke seed decides nothing
+
+
+def test_download_is_asked_on_the_command_line_into_a_named_folder(tmp_path, capsys):
+    from compact.recipes.runner import RunSettings, _data_config
+
+    recipe = parse_recipe(_demo(), "demo.yaml")
+    assert "download" not in _data_config(recipe, RunSettings())
+    chosen = _data_config(recipe, RunSettings(download=True, data_dir=str(tmp_path / "data")))
+    assert chosen["download"] is True and chosen["data_dir"] == str(tmp_path / "data")
+    # the stamp of the output folder does not change: a run resumed with --download is the same run
+    assert RunSettings(download=True).to_dict() == RunSettings().to_dict()
+    assert main(["run", "demo", "--download", "--out", str(tmp_path / "out")]) == 2
+    assert "--download needs --data-dir DIR" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,8 @@ def _add_run(sub) -> None:
     p.add_argument("--smoke", action="store_true", help="a few batches per entry, to check that the recipe runs")
     p.add_argument("--data", default=None, help="override the recipe's dataset (e.g. imagefolder:PATH)")
     p.add_argument("--data-dir", default=None, help="override where the dataset files are")
+    p.add_argument("--download", action="store_true",
+                   help="download the dataset into --data-dir when it is missing (online users)")  # fmt: skip
     p.add_argument("--image-size", type=int, default=None, help="override the recipe's image side (pixels)")
     p.add_argument(
         "--entries",
@@ -63,7 +65,10 @@ def _cmd_run(args) -> int:
         check_dataset_name(args.data, "--data")
     if args.image_size is not None and not 8 <= args.image_size <= 2048:
         raise CompactError(f"--image-size must lie in 8..2048, got {args.image_size}")
+    if args.download and not args.data_dir:
+        raise CompactError("--download needs --data-dir DIR: name the folder the dataset is downloaded into")
     settings = RunSettings(
+        download=args.download,
         smoke=args.smoke,
         data=args.data,
         data_dir=args.data_dir,

@@ -60,6 +60,9 @@ class RunSettings:
     #: output folders of other recipe runs whose finished training runs may stand in for this run's
     #: trained entries when their configuration is the same (:func:`find_reusable`)
     reuse: tuple[str, ...] = ()
+    #: download the dataset into ``data_dir`` when it is missing (online users; never from the recipe, and
+    #: only into a folder named on the command line). Not part of the stamp: it changes no result.
+    download: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = {"smoke": self.smoke, "data": self.data, "data_dir": self.data_dir}
@@ -141,6 +144,10 @@ def effective_data(recipe_data: dict[str, Any], settings: dict[str, Any]) -> dic
 
 def _data_config(recipe: Recipe, settings: RunSettings) -> dict[str, Any]:
     data = effective_data(recipe.data, settings.to_dict())
+    if settings.download:
+        if not settings.data_dir:
+            raise CompactError("--download needs --data-dir DIR: name the folder the dataset is downloaded into")
+        data["download"] = True
     return {"data": data.pop("name"), **data}
 
 

@@ -35,7 +35,7 @@ from compact.engine.config import MAX_SEED, PLACEMENT_KEYS, TrainConfig, read_ya
 from compact.errors import CompactError
 
 TOP_KEYS = {"name", "description", "data", "seeds", "train_defaults", "profile", "entries", "notes", "claims"}
-DATA_KEYS = {"name", "data_dir", "download", "subset", "test_subset", "image_size", "workers", "augment", "flip",
+DATA_KEYS = {"name", "data_dir", "subset", "test_subset", "image_size", "workers", "augment", "flip",
              "in_chans"}  # fmt: skip
 PROFILE_KEYS = {"onnx", "batches", "rounds", "repeats", "threads"}
 KINDS = ("train", "probe", "prune", "cascade")
@@ -140,6 +140,11 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 
 def _check_keys(values: dict[str, Any], valid: set[str], where: str) -> None:
+    if "download" in values:
+        raise CompactError(
+            f"{where}: a recipe cannot ask to download (that writes into a folder the recipe names); downloading "
+            "is the user's choice: compact run RECIPE --download --data-dir DIR"
+        )
     unknown = sorted(set(values) - valid)
     if unknown:
         raise CompactError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
@@ -305,6 +310,7 @@ def _validate(kind: str, spec: dict[str, Any], defaults: dict[str, Any], data: d
     from compact.models._builder import check_model_spec
 
     if kind == "train":
+        _check_keys(spec, set(spec) - {"download"}, f"{at}: train")  # (refuses only download; TrainConfig the rest)
         # build the TrainConfig once: unknown keys and bad values are reported now, not mid-run
         cfg = TrainConfig.from_dict({**defaults, "data": data.get("name", "fashion-mnist"), **spec}, f"{at}: train")
         check_model_spec(cfg.model, cfg.model_kwargs)
