@@ -87,6 +87,15 @@ def test_an_error_quoting_a_huge_value_stays_short(tmp_path, capsys):
     assert err.count("\n") == 1 and len(err) < 4200
 
 
+def test_a_configuration_file_cannot_ask_to_download(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 1\ndata: cifar10\ndata_dir: /somewhere\ndownload: true\n")
+    argv = ["train", "--model", "cifar_resnet20", "--config", str(config), "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert "a configuration file cannot ask to download; pass --download" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_python_dash_m_compact():
     out = subprocess.run([sys.executable, "-m", "compact", "methods"], capture_output=True, text=True, check=True)
     assert "mwbp" in out.stdout

@@ -235,6 +235,8 @@ def resolve_config(cli: dict[str, Any], config_file: str | Path | None = None) -
     if config_file is not None:
         config_file = resolve("config", config_file)
         values.update({str(k).replace("-", "_"): v for k, v in read_yaml(config_file).items()})
+        if "download" in values:  # it writes into the data_dir the file names: the user's choice alone
+            raise CompactError(f"{config_file}: a configuration file cannot ask to download; pass --download")
     values.update(cli)
     return TrainConfig.from_dict(values, f"options (with {config_file})" if config_file else "options")
 
