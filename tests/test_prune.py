@@ -319,3 +319,39 @@ def test_search_stops_at_the_first_probe_close_enough():
     loose = search_ratios(model, SIZE, PRUNERS.get("l1"), full // 2, PruneSettings(), close_enough=0.03)
     assert loose.probes < exact.probes  # every bisection step and mixing probe vs. a few
     assert abs(loose.macs / (full // 2) - 1) <= 0.03 and abs(exact.macs - full // 2) <= abs(loose.macs - full // 2)
+
+
+class _ConvClassifier(nn.Module):
+    """SqueezeNet's idiom: a 1x1 convolution classifies, and the only linear layer sits early in the network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.mix = nn.Linear(16, 16)  # channel mixing on NHWC features: the last linear layer, not the classifier
+        self.body = nn.Conv2d(16, 32, 3, padding=1)
+        self.classifier = nn.Conv2d(32, 10, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = self.mix(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = torch.relu(self.body(torch.relu(x)))
+        return self.classifier(x).mean((2, 3))
+
+
+def test_a_convolution_that_classifies_is_never_pruned_whatever_the_registration_order():
+    torch.manual_seed(0)
+    model = _ConvClassifier().eval()
+    layers = prunable_layers(model, SIZE, PRUNERS.get("l1"))
+    assert "classifier" not in layers and "body" in layers
+    pruned = prune_layers(model, SIZE, PRUNERS.get("l1"), {n: 0.5 for n in layers}, PruneSettings(round_to=None))
+    assert pruned.classifier.out_channels == 10 and pruned.body.out_channels == 16
+    assert pruned(torch.randn(3, *SIZE)).shape == (3, 10)
+
+
+def test_pruning_that_would_change_the_output_is_an_error(monkeypatch):
+    import compact.prune.base as base
+
+    monkeypatch.setattr(base, "never_pruned", lambda model, input_size=None: [])  # the classifier left unprotected
+    model = _ConvClassifier().eval()
+    with pytest.raises(CompactError, match=r"changed its output from shape \(1, 10\) to \(1, 5\)"):
+        prune_layers(model, SIZE, PRUNERS.get("l1"), {"classifier": 0.5}, PruneSettings(round_to=None))

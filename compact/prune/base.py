@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -105,17 +106,56 @@ def parse_macs(text: str | int | float) -> int:
 MAX_MACS = 1e15
 
 
-def never_pruned(model: nn.Module) -> list[nn.Module]:
-    """Layers whose outputs are never pruned: the classifier and, with option-A shortcuts, the residual stream."""
-    from compact.models.cifar_resnet import BasicBlock, CifarResNet
+def never_pruned(model: nn.Module, input_size: Sequence[int] | None = None) -> list[nn.Module]:
+    """Layers whose outputs are never pruned: the classifier and, with option-A shortcuts, the residual stream.
 
+    The classifier is the last registered linear layer and, given ``input_size``, also the convolution or
+    linear layer that a forward pass runs last: a network may classify with a 1x1 convolution (SqueezeNet)
+    or register its classifier before other linear layers, and pruning it would drop classes.
+    """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     ignored: list[nn.Module] = linears[-1:]
+    if input_size is not None:
+        last = _last_layer_run(model, input_size)
+        if last is not None and all(last is not m for m in ignored):
+            ignored.append(last)
+    return ignored + _option_a_stream(model)
+
+
+def _option_a_stream(model: nn.Module) -> list[nn.Module]:
+    """The layers that write the residual stream of a CIFAR ResNet with option-A (zero-padding) shortcuts."""
+    from compact.models.cifar_resnet import BasicBlock, CifarResNet
+
     if isinstance(model, CifarResNet):
         blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
         if any(b.subsample and b.downsample is None for b in blocks):
-            ignored += [model.conv1, *(b.conv2 for b in blocks)]
-    return ignored
+            return [model.conv1, *(b.conv2 for b in blocks)]
+    return []
+
+
+@torch.no_grad()
+def _last_layer_run(model: nn.Module, input_size: Sequence[int]) -> nn.Module | None:
+    order: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        _traced("run", model, lambda: model(_example(model, input_size)))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return order[-1] if order else None
+
+
+def _output_shape(model: nn.Module, input_size: Sequence[int]) -> tuple[int, ...]:
+    with torch.no_grad():
+        out = model(_example(model, input_size))
+    return tuple(out.shape) if isinstance(out, torch.Tensor) else ()
 
 
 def _example(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
@@ -125,7 +165,12 @@ def _example(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
 
 def _traced(what: str, model: nn.Module, fn: Callable):
     try:
-        return fn()
+        with warnings.catch_warnings():
+            # parameters outside layers (layer scales, position embeddings) follow the channels along their last
+            # non-singleton dimension, torch-pruning's default; its multi-line note about it is not the user's
+            # concern (a wrong guess breaks the forward pass or changes the output shape: both are errors)
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            return fn()
     except CompactError:
         raise
     except Exception as exc:  # torch-pruning raises many types for operations it cannot trace
@@ -146,7 +191,9 @@ def prunable_layers(model: nn.Module, input_size: Sequence[int], method: PruneMe
     graph = dependency_graph_for(model, input_size)
     importance = method.importance()
     out: dict[str, torch.Tensor] = {}
-    groups = graph.get_all_groups(ignored_layers=never_pruned(model), root_module_types=[nn.Conv2d, nn.Linear])
+    groups = graph.get_all_groups(
+        ignored_layers=never_pruned(model, input_size), root_module_types=[nn.Conv2d, nn.Linear]
+    )
     for group in _traced("group the layers of", model, lambda: list(groups)):
         imp = importance(group)
         if imp is None:
@@ -196,6 +243,7 @@ def prune_layers(
         return [] if interactive else model
     was_training = model.training
     model.eval()
+    before = _output_shape(model, input_size)
     pruner = _traced(
         "trace",
         model,
@@ -207,7 +255,7 @@ def prune_layers(
             pruning_ratio_dict=ratio_dict,
             max_pruning_ratio=1.0,
             round_to=settings.round_to,
-            ignored_layers=never_pruned(model),
+            ignored_layers=never_pruned(model, input_size),
         ),
     )
     if interactive:
@@ -215,6 +263,12 @@ def prune_layers(
         model.train(was_training)
         return groups
     _traced("prune", model, pruner.step)
+    after = _traced("run the pruned", model, lambda: _output_shape(model, input_size))
+    if after != before:  # a coupled layer reached the output: never hand on a model that predicts otherwise
+        raise CompactError(
+            f"pruning {type(model).__name__} changed its output from shape {before} to {after}: torch-pruning "
+            "coupled the classifier to a pruned layer; this architecture cannot be pruned by compact"
+        )
     model.train(was_training)
     return model
 
@@ -288,7 +342,7 @@ def _bisect(model, layers, target_macs, settings, tolerance, steps, refine, meas
     hi_macs = measure(allocate(layers, hi, settings))
     if hi_macs > target_macs * (1 + tolerance):
         kept = "the classifier" + (
-            " and the residual stream of option-A shortcuts" if len(never_pruned(model)) > 1 else ""
+            " and the residual stream of option-A shortcuts" if _option_a_stream(model) else ""
         )
         raise CompactError(
             f"target {target_macs:,} MACs is too small to reach: with at most {settings.max_layer_ratio:.0%} of "
