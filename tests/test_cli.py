@@ -69,7 +69,10 @@ def test_exits_json_for_resnet56(capsys):
         (["exits", "--model", "cifar_resnet20", "--model-arg", "num_classes=3"], "'num_classes' is set by compact"),
         (["exits", "--model", "timm:resnet18", "--model-arg", "in_chans=1"], "'in_chans' is set by compact"),
         (["profile", "cifar_resnet20", "--no-latency", "--model-arg", "num_classes=3"], "'num_classes' is set by"),
-        (["train", "--model", "cifar_resnet20", "--out", "never-made", "--seed", str(2**64)], "seed must be an integer in 0..2147483647"),
+        (
+            ["train", "--model", "cifar_resnet20", "--out", "never-made", "--seed", str(2**64)],
+            "seed must be an integer in 0..2147483647",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):

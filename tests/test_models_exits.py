@@ -448,3 +448,98 @@ def test_transformer_blocks_are_found_and_their_tokens_get_heads():
         create_model("timm:resnet18", img_size=32)
     with pytest.raises(CompactError, match=r"img_size must lie in \[8, 2048\], got 4096"):
         create_model("timm:vit_tiny_patch16_224", img_size=4096)
+
+
+class _UnknownStage(nn.Module):
+    """A stage of a class compact does not know (no block discovery), ending in a shape assertion."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.cin = cin
+
+    def forward(self, x):
+        torch._assert(x.shape[1] == self.cin, "stage width")  # as timm's patch embeddings check their input
+        return torch.relu(self.conv(x))
+
+
+class _StagedNet(nn.Module):
+    """timm's idiom: unknown stage classes, stage ends declared in ``feature_info``."""
+
+    def __init__(self, known_first: bool = False) -> None:
+        super().__init__()
+        from compact.models.cifar_resnet import BasicBlock
+
+        self.first = BasicBlock(1, 1, 1, "A") if known_first else nn.Identity()  # a known block, only at the start
+        self.stages = nn.Sequential(
+            _UnknownStage(1, 4), _UnknownStage(4, 8), _UnknownStage(8, 12), _UnknownStage(12, 16)
+        )
+        self.fc = nn.Linear(16, 10)
+        self.feature_info = [{"module": f"stages.{i}", "num_chs": c} for i, c in enumerate((4, 8, 12, 16))]
+
+    def forward(self, x):
+        return self.fc(self.stages(self.first(x)).mean((2, 3)))
+
+
+def test_an_exit_does_not_compute_the_layers_after_it_for_a_later_shape_assertion():
+    from compact.exits.standalone import extract_exit
+
+    torch.manual_seed(0)
+    model = _StagedNet().eval()
+    net = attach_exits(model, nodes=["stages.0"], input_size=(1, 8, 8)).eval()
+    exit0 = extract_exit(net, 0)
+    # FX counts torch._assert as a side effect: the exit's trunk used to keep every later stage it checks
+    head = n_params(net.heads[0])
+    assert n_params(exit0) == n_params(model.stages[0]) + head == 4 * 9 + 4 + head
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(exit0(x), net.forward_exits(x)[0])
+        assert torch.equal(net.forward_exits(x)[-1], model(x))
+
+
+@pytest.mark.parametrize("known_first", [False, True])
+def test_networks_of_unknown_blocks_place_exits_at_the_stage_ends_timm_declares(known_first):
+    model = _StagedNet(known_first).eval()
+    # without known blocks, or with known blocks only in the first half, the declared stage ends are the blocks
+    assert [b.name for b in list_blocks(model)] == ["stages.0", "stages.1", "stages.2", "stages.3"]
+    net = attach_exits(model, 3, input_size=(1, 8, 8))
+    first = 2 if known_first else 0  # the known block's two convolutions
+    assert net.exit_nodes == ["stages.1", "stages.2"] and net.depths == [first + 2, first + 3, first + 5]
+
+
+def test_a_model_without_known_blocks_or_declared_stages_is_refused_with_candidates():
+    model = _StagedNet()
+    del model.feature_info
+    with pytest.raises(CompactError, match="found no known blocks in _StagedNet.*stages.0"):
+        attach_exits(model, 3, input_size=(1, 8, 8))
+
+
+def test_a_known_block_inside_a_module_fx_keeps_whole_is_not_offered():
+    from timm.layers import register_notrace_module
+
+    from compact.models.cifar_resnet import BasicBlock
+
+    @register_notrace_module  # timm keeps such modules whole when tracing (as MobileViT's blocks)
+    class _Opaque(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = BasicBlock(4, 4, 1, "A")
+
+        def forward(self, x):
+            return self.inner(x)
+
+    class _Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 4, 3, padding=1)
+            self.a = BasicBlock(4, 4, 1, "A")
+            self.opaque = _Opaque()
+            self.b = BasicBlock(4, 4, 1, "A")
+            self.c = BasicBlock(4, 4, 1, "A")
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.fc(self.c(self.b(self.opaque(self.a(self.stem(x))))).mean((2, 3)))
+
+    # 'opaque.inner' has no node of its own: offering it made torchvision's extractor fail with its own message
+    assert [b.name for b in list_blocks(_Net())] == ["a", "b", "c"]

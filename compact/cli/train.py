@@ -335,8 +335,9 @@ def _add_export(sub) -> None:
         help="write the network cut at its exits as ONNX segments plus manifest.json into the folder --out "
         "(run it with compact cascade)",
     )
-    p.add_argument("--out", required=True, metavar="FILE_OR_DIR", help="file to write: .safetensors (a compact "
-                   "model file) or .onnx (an ONNX graph, checked against PyTorch); with --cascade the folder")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="FILE_OR_DIR", help="file to write: .safetensors (a "
+                   "compact model file) or .onnx (an ONNX graph, checked against PyTorch); with --cascade "
+                   "the folder")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace FILE (or the cascade folder) if it exists")
 
 

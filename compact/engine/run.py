@@ -113,7 +113,9 @@ def export_output_onnx(
         export_onnx(module, info.input_size, tmp, metadata=metadata)
         diff = parity(module, ort_session(tmp, threads=1), info.input_size)
         if not diff < 1e-4:
-            raise CompactError(f"the ONNX graph of output {i} differs from PyTorch by {diff:.1e} (limit 1e-4); not written")
+            raise CompactError(
+                f"the ONNX graph of output {i} differs from PyTorch by {diff:.1e} (limit 1e-4); not written"
+            )
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -34,7 +34,9 @@ def graph_node_names(model: nn.Module) -> list[str]:
     from timm.layers import get_graph_node_names
 
     try:
-        train_names, _ = get_graph_node_names(model)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NOTE. The nodes obtained by tracing")  # as below
+            train_names, _ = get_graph_node_names(model)
     except Exception as exc:  # FX raises many types for untraceable code
         raise CompactError(f"{type(model).__name__} cannot be traced by torch.fx: {exc}") from exc
     return train_names
@@ -156,11 +158,16 @@ def _faithful_dead_code(graph: fx.Graph, is_impure_node=None) -> bool:  # noqa: 
             output.replace_input_with(value, copy)
     groups = alias_groups(graph, root)
     order = {n: i for i, n in enumerate(graph.nodes)}
+    last_returned = max((order[n] for n in output.all_input_nodes), default=-1)
     changed = False
     for node in reversed(list(graph.nodes)):
         if node.op in ("placeholder", "output") or node.users:
             continue
-        if is_impure_node(node) if is_impure_node is not None else node.is_impure():
+        # a shape assertion after everything returned checks later layers only; FX counts it as a side
+        # effect, which kept every layer it reads the shape of (a shallow exit of GCViT or CoaT computed
+        # the whole network: its MACs, parameters and latency were the full network's)
+        late_assertion = _is_assertion(node) and order[node] > last_returned
+        if not late_assertion and (is_impure_node(node) if is_impure_node is not None else node.is_impure()):
             continue
         if mutated_input(node, root) is not None and any(
             order[u] > order[node] for m in groups[node] for u in m.users if u is not node
@@ -169,6 +176,14 @@ def _faithful_dead_code(graph: fx.Graph, is_impure_node=None) -> bool:  # noqa: 
         graph.erase_node(node)
         changed = True
     return changed
+
+
+def _is_assertion(node: fx.Node) -> bool:
+    """``torch._assert`` and its kin (``torch._assert_async``, ``aten._assert_*``): checks without a value."""
+    if node.op != "call_function":
+        return False
+    name = getattr(node.target, "__name__", None) or str(node.target)
+    return name.split(".")[-1].startswith("_assert")
 
 
 def weighted_depths(extractor: fx.GraphModule) -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 A block is the outermost module of a known building-block class (residual blocks, inverted residuals,
 dense blocks, ConvNeXt and transformer blocks) of compact's CIFAR networks, timm (ResNet, RegNet, MobileNet,
-EfficientNet, ConvNeXt, ViT, Swin, Mixer, GhostNet, ResNeSt, RepVGG families) or torchvision (ResNet,
+EfficientNet, ConvNeXt, ViT, Swin, Mixer, GhostNet, ResNeSt, RepVGG, MobileViT, LeViT, MetaFormer, CoaT, CaiT,
+GCViT, EfficientViT, FastViT, TinyViT, HGNetV2, RepViT, Next-ViT families) or torchvision (ResNet,
 MobileNetV2/V3, ShuffleNetV2, DenseNet, ConvNeXt, ViT, Swin). For other models, pass module or graph-node
 names explicitly; when discovery finds nothing, the error lists the candidate module names.
 """
@@ -47,6 +48,25 @@ BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
         "MixerBlock",  # timm MLP-Mixer
     ),
     "other": ("GhostBottleneck", "ResNestBottleneck", "RepVggBlock"),
+    # timm's hybrid, MetaFormer-style and efficient networks (a block of a class not listed here is found
+    # through the stage ends timm declares, model.feature_info, when no listed block reaches half the depth)
+    "timm hybrid": (
+        "MobileVitBlock",
+        "MobileVitV2Block",
+        "LevitBlock",
+        "MetaFormerBlock",  # PoolFormer, ConvFormer, CAFormer
+        "MetaNeXtBlock",  # InceptionNeXt
+        "SerialBlock",  # CoaT (its parallel blocks return several scales and are not exit points)
+        "LayerScaleBlock",  # CaiT's patch blocks (not its class-attention blocks)
+        "GlobalContextVitBlock",
+        "EfficientVitBlock",
+        "RepMixerBlock",  # FastViT
+        "TinyVitBlock",
+        "HighPerfGpuBlock",  # HGNetV2
+        "RepViTBlock",
+        "NextConvBlock",
+        "NextTransformerBlock",
+    ),
 }
 _ALL = {name for names in BLOCK_CLASSES.values() for name in names}
 

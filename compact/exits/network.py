@@ -343,11 +343,46 @@ def _candidates(
         if final_node in names:
             raise CompactError(f"{final_node!r} is the final output; exits must be placed before it")
     else:
-        names = discover_block_names(model)
-        if not names and require_blocks:
-            raise no_blocks_error(model)
+        # a known block that FX keeps inside a leaf module (timm's MobileViT blocks) has no node of its own
+        names = [n for n in discover_block_names(model) if _in_graph(n, names_in_graph)]
     depth_of = _fx.weighted_depths(_fx.feature_extractor(model, [*dict.fromkeys(names), final_node]))
-    return [Block(n, i + 1, depth_of[n]) for i, n in enumerate(names)], final_node, depth_of[final_node]
+    final_depth = depth_of[final_node]
+    if nodes is None and require_blocks and (not names or max(depth_of[n] for n in names) < final_depth / 2):
+        # no known blocks, or known ones only in the first half (the rest is of classes compact does not know):
+        # the stage ends timm declares for feature extraction, where they reach deeper
+        stages = _stage_blocks(model, names_in_graph, final_node)
+        if stages and (not names or max(d for _, d in stages) > max(depth_of[n] for n in names)):
+            return [Block(n, i + 1, d) for i, (n, d) in enumerate(stages)], final_node, final_depth
+        if not names:
+            raise no_blocks_error(model)
+    return [Block(n, i + 1, depth_of[n]) for i, n in enumerate(names)], final_node, final_depth
+
+
+def _in_graph(name: str, names_in_graph: Sequence[str]) -> bool:
+    """Whether ``name`` selects a graph node: a node's own name, or a module some nodes run inside."""
+    return name in names_in_graph or any(g.startswith(name + ".") for g in names_in_graph)
+
+
+def _stage_blocks(model: nn.Module, names_in_graph: Sequence[str], final_node: str) -> list[tuple[str, int]]:
+    """(name, depth) of the feature stages a timm model declares (``model.feature_info``), strictly deeper
+    one after the other and before the final output; empty when the model declares none or they cannot be
+    extracted."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list):
+        return []
+    declared = [f.get("module") for f in info if isinstance(f, dict) and isinstance(f.get("module"), str)]
+    names = [n for n in dict.fromkeys(declared) if n and n != final_node and _in_graph(n, names_in_graph)]
+    if not names:
+        return []
+    try:
+        depth_of = _fx.weighted_depths(_fx.feature_extractor(model, [*names, final_node]))
+    except CompactError:
+        return []
+    out: list[tuple[str, int]] = []
+    for n in names:
+        if (not out or depth_of[n] > out[-1][1]) and depth_of[n] < depth_of[final_node]:
+            out.append((n, depth_of[n]))
+    return out
 
 
 def list_blocks(model: nn.Module, nodes: Sequence[str] | None = None) -> list[Block]:
