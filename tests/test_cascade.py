@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -273,6 +274,11 @@ def test_a_network_without_exits_is_refused(tmp_path, capsys):
     assert main(["cascade", str(tmp_path / "plain.safetensors")]) == 2
     assert "single-output model" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+    save_model(
+        net, tmp_path / "one.safetensors", replace(info, kind="multi-exit", head=net.head_type)
+    )  # as a run without exits
+    assert main(["cascade", str(tmp_path / "one.safetensors")]) == 2
+    assert "has one output (trained without exits); a cascade needs auxiliary exits" in capsys.readouterr().err
 
 
 @needs_fmnist

@@ -69,6 +69,9 @@ def test_exits_json_for_resnet56(capsys):
         (["exits", "--model", "cifar_resnet20", "--model-arg", "num_classes=3"], "'num_classes' is set by compact"),
         (["exits", "--model", "timm:resnet18", "--model-arg", "in_chans=1"], "'in_chans' is set by compact"),
         (["profile", "cifar_resnet20", "--no-latency", "--model-arg", "num_classes=3"], "'num_classes' is set by"),
+        (["profile", "cifar_resnet20", "--no-latency", "--threads", "100000"], "--threads must be in 1..1024"),
+        (["profile", "cifar_resnet20", "--rounds", "100001"], "--rounds must be an integer in 1..10000"),
+        (["train", "--model", "cifar_resnet20", "--out", "never-made", "--workers", "100000"], "workers must be an"),
         (
             ["train", "--model", "cifar_resnet20", "--out", "never-made", "--seed", str(2**64)],
             "seed must be an integer in 0..2147483647",

@@ -95,7 +95,11 @@ def _export(target: Path, out: Path, overwrite: bool = False) -> dict:
     net, info, _, cfg = _load_target(target, "cpu")
     note_subset(info, cfg)
     if not getattr(net, "exit_nodes", None):
-        raise CompactError(f"{target} is a single-output model ({info.kind}); a cascade needs auxiliary exits")
+        what = "has one output (trained without exits)" if info.kind == "multi-exit" else "is a single-output model"
+        raise CompactError(
+            f"{target} {what}; a cascade needs auxiliary exits (train with --exits N, or give a network trained "
+            "without them heads with compact probe)"
+        )
     manifest = export_cascade(net, info, out, overwrite=overwrite)
     print(f"exported the cascade of {target} ({len(manifest['segments'])} segments) to {out}", file=sys.stderr)
     return manifest

@@ -38,12 +38,13 @@ def _add_profile(sub) -> None:
 def _cmd_profile(args) -> int:
     from compact.profile.profiler import profile_models, write_profile
 
-    if args.rounds < 1 or args.repeats < 1:
-        raise CompactError("--rounds and --repeats must be >= 1")
+    for name, value in (("--rounds", args.rounds), ("--repeats", args.repeats)):
+        if not 1 <= value <= 10_000:  # as a recipe's profile settings
+            raise CompactError(f"{name} must be an integer in 1..10000, got {value}")
     if max(args.batch) > 4096:
         raise CompactError(f"--batch sizes must lie in 1..4096, got {max(args.batch)}")
-    if args.threads is not None and args.threads < 1:
-        raise CompactError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:  # 100000 crashed inside ONNX Runtime
+        raise CompactError(f"--threads must be in 1..1024, got {args.threads}")
     if args.json:
         check_output_file(args.json, "--json")
     targets = [_target(t, args) for t in args.targets]

@@ -24,6 +24,9 @@ LOSSES = ("ce", "arcface", "cosface")
 #: training precisions (autocast dtypes; ``auto`` picks bf16 on a GPU that supports it)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
+#: the most DataLoader worker processes taken (each is a process: a typo must not start thousands)
+MAX_WORKERS = 256
+
 #: the largest seed taken (recipes take the same range): the seed reaches NumPy and torch generators
 MAX_SEED = 2**31 - 1
 
@@ -116,7 +119,7 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise CompactError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check_int(self, "seed", 0, MAX_SEED)
-        _check_int(self, "workers", 0)
+        _check_int(self, "workers", 0, MAX_WORKERS)
         for key in ("num_classes", "exits", "subset", "test_subset", "image_size", "in_chans"):
             if getattr(self, key) is not None:
                 _check_int(self, key, 1)
@@ -289,6 +292,11 @@ def _check_types(cfg: TrainConfig) -> None:
 
 def _check_int(cfg: TrainConfig, key: str, minimum: int, maximum: int | None = None) -> None:
     value = getattr(cfg, key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (maximum and value > maximum):
-        valid = f"in {minimum}..{maximum}" if maximum else f">= {minimum}"
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        valid = f"in {minimum}..{maximum}" if maximum is not None else f">= {minimum}"
         raise CompactError(f"{key} must be an integer {valid}, got {value!r}")
