@@ -177,8 +177,30 @@ def _check_info(info: ModelInfo) -> None:
         _fail("source.subset must be null or a positive number of images", subset)
 
 
-def build_module(info: ModelInfo) -> nn.Module:
-    """The architecture ``info`` describes, at its original (unpruned) sizes, freshly initialised."""
+def training_settings(info: ModelInfo) -> dict[str, Any]:
+    """The training options that work continuing from a model file inherits (probe, prune, fine-tune): its
+    architecture and arguments, classes, data set and seed, and the input it takes (a network trained on
+    Fashion-MNIST resized to 32 px is fed 32 px images again)."""
+    out: dict[str, Any] = {
+        "model": info.arch,
+        "model_kwargs": info.model_kwargs,
+        "num_classes": info.num_classes,
+        "data": info.dataset or "fashion-mnist",
+        "seed": int(info.source.get("seed", 0)) if _is_int(info.source.get("seed", 0)) else 0,
+    }
+    c, h, w = info.input_size
+    if h == w:
+        out["image_size"] = h
+    if c in (1, 3):
+        out["in_chans"] = c
+    return out
+
+
+def build_module(info: ModelInfo, shapes: dict[str, tuple[int, ...]] | None = None) -> nn.Module:
+    """The architecture ``info`` describes, freshly initialised: at its original (unpruned) sizes, or, given
+    the stored tensors' ``shapes``, with the backbone resized to them and ``info.attrs`` set *before* exits
+    are traced onto it (a traced graph keeps the attribute values it saw, e.g. a LayerNorm's
+    ``normalized_shape``, so resizing afterwards would leave the graph computing at the old sizes)."""
     from compact.exits import attach_exits
     from compact.exits.standalone import build_exit_model
     from compact.models import create_model
@@ -186,11 +208,22 @@ def build_module(info: ModelInfo) -> nn.Module:
     backbone = create_model(info.arch, num_classes=info.num_classes, in_chans=info.in_chans, **info.model_kwargs)
     if info.kind == "full":
         return backbone
+    if shapes is not None:
+        prefix = "backbone." if info.kind == "multi-exit" else "trunk."
+        _conform(
+            backbone,
+            {k[len(prefix) :]: v for k, v in shapes.items() if k.startswith(prefix)},
+            {k[len(prefix) :]: v for k, v in info.attrs.items() if k.startswith(prefix)},
+        )
     if info.kind == "multi-exit":
         placement = {"nodes": info.exit_nodes} if info.exit_nodes else {"num_outputs": 1}
         # checked when the exits were first attached; the file's weights are checked on saving
         return attach_exits(backbone, **placement, head=info.head, input_size=info.input_size, check=False)
     return build_exit_model(backbone, info.exit_nodes[0], info.head, info.num_classes, info.input_size)
+
+
+def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(t.shape) for k, t in _stored(tensors).items()}
 
 
 def _plain(value: Any) -> bool:
@@ -203,7 +236,8 @@ def _plain(value: Any) -> bool:
     return False
 
 
-def _plain_attrs(module: nn.Module) -> dict[str, Any]:
+def plain_attrs(module: nn.Module) -> dict[str, Any]:
+    """The plain (numbers, strings, flat tuples) public attributes of ``module``: what a model file may set."""
     return {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _plain(v)}
 
 
@@ -214,15 +248,30 @@ def _attr_diff(model: nn.Module, reference: nn.Module) -> dict[str, dict[str, An
         ref = ref_modules.get(name)
         if ref is None:
             continue
-        ref_attrs = _plain_attrs(ref)
-        changed = {k: v for k, v in _plain_attrs(module).items() if k in ref_attrs and ref_attrs[k] != v}
+        ref_attrs = plain_attrs(ref)
+        changed = {k: v for k, v in plain_attrs(module).items() if k in ref_attrs and ref_attrs[k] != v}
         if changed:
             diff[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in changed.items()}
+    # an exit model's trunk keeps only the weights of layers the tracer went through: their attributes come
+    # from the backbone they were cut from (compact.exits.standalone.ExitModel)
+    mine, ref_backbone = getattr(model, "backbone_attrs", None), getattr(reference, "backbone_attrs", None)
+    if isinstance(mine, dict) and isinstance(ref_backbone, dict):
+        for name, attrs in mine.items():
+            ref_attrs = ref_backbone.get(name, {})
+            changed = {k: v for k, v in attrs.items() if k in ref_attrs and ref_attrs[k] != v}
+            if changed:
+                entry = diff.setdefault(f"trunk.{name}", {})
+                entry.update({k: list(v) if isinstance(v, tuple) else v for k, v in changed.items()})
     return diff
 
 
-def _conform(module: nn.Module, shapes: dict[str, tuple[int, ...]], attrs: dict[str, dict[str, Any]]) -> None:
-    """Resize parameters/buffers of ``module`` to ``shapes`` and set ``attrs`` (see the module docstring)."""
+def _conform(
+    module: nn.Module, shapes: dict[str, tuple[int, ...]], attrs: dict[str, dict[str, Any]], traced: bool = False
+) -> None:
+    """Resize parameters/buffers of ``module`` to ``shapes`` and set ``attrs`` (see the module docstring).
+
+    ``traced``: ``module`` is an exit model whose backbone :func:`build_module` already conformed before
+    cutting it; an attribute its trunk's bare containers lack was checked and set there, and is skipped."""
     for key, shape in shapes.items():
         owner_name, _, leaf = key.rpartition(".")
         try:
@@ -243,6 +292,8 @@ def _conform(module: nn.Module, shapes: dict[str, tuple[int, ...]], attrs: dict[
         except AttributeError as exc:
             raise CompactError(f"the model description changes attributes of {name!r}, which does not exist") from exc
         for k, v in values.items():
+            if traced and name.startswith("trunk.") and k not in vars(owner):
+                continue
             setattr(owner, k, _checked_attr(owner, name, k, v))
 
 
@@ -299,7 +350,7 @@ def _check_layer_shapes(module: nn.Module, path: Path | str) -> None:
 
 def _load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], info: ModelInfo, path: Path | str) -> None:
     tensors = _stored(tensors)
-    _conform(module, {k: tuple(t.shape) for k, t in tensors.items()}, info.attrs)
+    _conform(module, {k: tuple(t.shape) for k, t in tensors.items()}, info.attrs, traced=info.kind == "exit")
     expected = set(_stored(module.state_dict()))
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
@@ -329,9 +380,15 @@ def structure_attrs(model: nn.Module, info: ModelInfo) -> dict[str, dict[str, An
     return _attr_diff(model, reference)
 
 
-def load_state(module: nn.Module, state: dict[str, torch.Tensor], info: ModelInfo, source: Path | str) -> None:
-    """Load ``state`` into ``module`` (built by :func:`build_module`), resizing it to the state's shapes."""
+def rebuild(info: ModelInfo, state: dict[str, torch.Tensor], source: Path | str) -> nn.Module:
+    """The module ``info`` describes with the weights ``state`` (of a model file or a checkpoint) loaded;
+    the caller's random state is left alone."""
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CompactError(f"{source}: the stored weights are not a mapping of tensors")
+    with torch.random.fork_rng(devices=[]):
+        module = build_module(info, _shapes(state))
     _load_weights(module, state, info, source)
+    return module
 
 
 def save_model(model: nn.Module, path: str | Path, info: ModelInfo, verify: bool = True) -> ModelInfo:
@@ -350,8 +407,8 @@ def save_model(model: nn.Module, path: str | Path, info: ModelInfo, verify: bool
             f"tensor(s), e.g. {bad[0]}; the training diverged"
         )
     with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
-        reference = build_module(info)
-    info.attrs = _attr_diff(model, reference)
+        info.attrs = _attr_diff(model, build_module(info))
+        reference = build_module(info, _shapes(state))
     info.params = sum(p.numel() for p in model.parameters())
     _load_weights(reference, state, info, path)
     if verify:
@@ -411,7 +468,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         tensors = load_file(str(path))
     except Exception as exc:
         raise CompactError(f"{path}: cannot read its weights ({exc}); the file is corrupt or truncated") from exc
-    with torch.random.fork_rng(devices=[]):
-        module = build_module(info)
-    _load_weights(module, tensors, info, path)
-    return module.to(device).eval(), info
+    return rebuild(info, tensors, path).to(device).eval(), info

@@ -205,7 +205,7 @@ CASES = [
     (["profile", "{ws}/exit0.safetensors", "--batch", ","], "expected one or more positive integers"),
     (["profile", "{ws}/exit0.safetensors", "--batch", "0"], "expected one or more positive integers"),
     (["profile", "{ws}/exit0.safetensors", "--json", "{ws}/emptydir"], "is a folder; give a file name"),
-    (["profile", "{ws}/exit0.safetensors", "--rounds", "0"], "--rounds and --repeats must be >= 1"),
+    (["profile", "{ws}/exit0.safetensors", "--rounds", "0"], "--rounds must be an integer in 1..10000, got 0"),
     (["profile", "{ws}/missing.safetensors"], "does not exist"),
     # pruning
     (

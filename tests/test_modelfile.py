@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from compact import attach_exits, create_model
 from compact.engine import export_output
@@ -255,3 +256,73 @@ def test_export_names_the_file_kinds_it_writes_and_eval_refuses_an_onnx_graph_by
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "e.onnx")]) == 2
     assert "is an ONNX graph, not a compact model file" in capsys.readouterr().err
+
+
+class _TracedNorm(nn.Module):
+    """Channel LayerNorm on NCHW features whose width is a plain attribute the tracer bakes into the graph
+    (timm's LayerNorm2d idiom): FX goes through it and keeps only its weights in the cut trunk."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.weight = nn.Parameter(torch.rand(width) + 0.5)
+        self.bias = nn.Parameter(torch.rand(width) - 0.5)
+
+    def forward(self, x):
+        y = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (self.width,), self.weight, self.bias)
+        return y.permute(0, 3, 1, 2)
+
+
+class _NormNet(nn.Module):
+    def __init__(self, num_classes: int = 10, in_chans: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, 12, 3, padding=1)
+        self.norm = _TracedNorm(12)
+        self.blocks = nn.Sequential(*(nn.Conv2d(12, 12, 3, padding=1) for _ in range(3)))
+        self.fc = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.norm(self.stem(x))).mean((2, 3)))
+
+
+def _pruned_norm_net():
+    """_NormNet with its stem and norm pruned to 8 channels (as a pruner would leave it)."""
+    from compact.models import MODELS
+
+    if "test_normnet" not in MODELS:
+        MODELS.register("test_normnet")(_NormNet)
+    torch.manual_seed(0)
+    model = _NormNet()
+    keep = torch.tensor([0, 2, 3, 5, 7, 8, 10, 11])
+    with torch.no_grad():
+        stem = nn.Conv2d(1, 8, 3, padding=1)
+        stem.weight.copy_(model.stem.weight[keep]), stem.bias.copy_(model.stem.bias[keep])
+        model.stem = stem
+        model.norm.width = 8
+        model.norm.weight = nn.Parameter(model.norm.weight[keep].clone())
+        model.norm.bias = nn.Parameter(model.norm.bias[keep].clone())
+        first = nn.Conv2d(8, 12, 3, padding=1)
+        first.weight.copy_(model.blocks[0].weight[:, keep]), first.bias.copy_(model.blocks[0].bias)
+        model.blocks[0] = first
+    return model.eval()
+
+
+def test_a_pruned_network_whose_traced_graph_bakes_an_attribute_saves_reloads_and_exports(tmp_path):
+    model = _pruned_norm_net()
+    net = attach_exits(model, nodes=["blocks.0", "blocks.1"], input_size=SIZE).eval()
+    info = ModelInfo("test_normnet", 10, 1, list(SIZE), kind="multi-exit", exit_nodes=list(net.exit_nodes),
+                     head=net.head_type)  # fmt: skip
+    # a rebuild traced the exits at the unpruned width (12) and only then resized the norm: saving failed
+    save_model(net, tmp_path / "m.safetensors", info)
+    back, stored = load_model(tmp_path / "m.safetensors")
+    assert stored.attrs["backbone.norm"] == {"width": 8}
+    x = torch.randn(4, *SIZE)
+    with torch.no_grad():
+        expected = net.forward_exits(x)
+        assert all(torch.equal(a, b) for a, b in zip(expected, back.forward_exits(x), strict=True))
+        for i in (0, 1):
+            export_output(back, stored, i, tmp_path / f"exit{i}.safetensors")
+            exit_model, exit_info = load_model(tmp_path / f"exit{i}.safetensors")
+            # the trunk keeps the norm only as weights: its width travels through backbone_attrs
+            assert exit_info.attrs["trunk.norm"] == {"width": 8}
+            assert torch.equal(exit_model(x), expected[i])

@@ -37,7 +37,7 @@ def probe_config(source: Path, cli: dict[str, Any]):
     from ``cli``."""
     from compact.engine.config import TrainConfig
     from compact.engine.run import open_run
-    from compact.modelfile import read_info
+    from compact.modelfile import read_info, training_settings
 
     if source.is_dir():
         stored = open_run(source).config.to_dict()
@@ -46,13 +46,7 @@ def probe_config(source: Path, cli: dict[str, Any]):
         info = read_info(source)
         if info.kind == "exit":
             raise CompactError(f"{source} is a single exit; probing needs the whole trained network")
-        base = {
-            "model": info.arch,
-            "model_kwargs": info.model_kwargs,
-            "num_classes": info.num_classes,
-            "data": info.dataset or "fashion-mnist",
-            "seed": int(info.source.get("seed", 0)),
-        }
+        base = training_settings(info)
         if info.head:
             base["head"] = info.head
     values = {**base, "epochs": PROBE_EPOCHS, **cli, "method": "probe", "init_from": str(source)}

@@ -16,7 +16,7 @@ from compact.engine.metrics import read_history
 from compact.errors import CompactError
 from compact.exits import MultiExitNet
 from compact.exits.standalone import exit_index, extract_exit
-from compact.modelfile import ModelInfo, build_module, load_model, load_state, save_model
+from compact.modelfile import ModelInfo, load_model, rebuild, save_model
 
 
 @dataclass
@@ -46,10 +46,8 @@ class Run:
             info = ModelInfo(**state["model_info"])
         except (KeyError, TypeError) as exc:
             raise CompactError(f"checkpoint {self.path / CHECKPOINT} has no usable model description") from exc
-        with torch.random.fork_rng(devices=[]):
-            net = build_module(info)
         try:
-            load_state(net, state["model"], info, self.path / CHECKPOINT)
+            net = rebuild(info, state["model"], self.path / CHECKPOINT)
         except RuntimeError as exc:
             raise CompactError(f"checkpoint {self.path / CHECKPOINT} does not fit its own description: {exc}") from exc
         info.source["epochs"] = int(state["epoch"])

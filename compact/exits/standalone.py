@@ -20,13 +20,22 @@ from compact.exits.layout import channels, feature_layouts
 
 
 class ExitModel(nn.Module):
-    """``head(trunk(x)[node])``: logits of one exit; ``trunk`` computes the backbone up to ``node`` only."""
+    """``head(trunk(x)[node])``: logits of one exit; ``trunk`` computes the backbone up to ``node`` only.
 
-    def __init__(self, trunk: nn.Module, node: str, head: nn.Module) -> None:
+    ``backbone_attrs`` keeps the plain attributes that the backbone's modules had when the trunk was cut
+    (module name -> attributes): a layer the tracer went through lives on in the trunk as a bare container
+    of its weights, and its attributes (a LayerNorm's ``normalized_shape``) only as constants in the graph's
+    code, so a model file could not otherwise say that a pruned one changed them.
+    """
+
+    def __init__(
+        self, trunk: nn.Module, node: str, head: nn.Module, backbone_attrs: dict[str, dict] | None = None
+    ) -> None:
         super().__init__()
         self.trunk = trunk
         self.node = node
         self.head = head
+        self.backbone_attrs = dict(backbone_attrs or {})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x)[self.node])
@@ -49,7 +58,15 @@ def build_exit_model(
     finally:
         trunk.train(was_training)
     head = create_head(head_type, channels(feats[node], layouts[node]), num_classes, layouts[node])
-    return ExitModel(trunk, node, head)
+    return ExitModel(trunk, node, head, _used_attrs(backbone, trunk))
+
+
+def _used_attrs(backbone: nn.Module, trunk: nn.Module) -> dict[str, dict]:
+    """The plain attributes of the backbone's modules that ``trunk`` uses (see :class:`ExitModel`)."""
+    from compact.modelfile import plain_attrs
+
+    used = {name for name, _ in trunk.named_modules() if name}
+    return {name: plain_attrs(m) for name, m in backbone.named_modules() if name in used}
 
 
 def extract_exit(net: nn.Module, output: int) -> nn.Module:
@@ -59,7 +76,8 @@ def extract_exit(net: nn.Module, output: int) -> nn.Module:
     if i == net.num_outputs - 1:
         return copy.deepcopy(net.backbone)
     node = net.exit_nodes[i]
-    model = ExitModel(cut_backbone(copy.deepcopy(net.backbone), node), node, copy.deepcopy(net.heads[i]))
+    trunk = cut_backbone(copy.deepcopy(net.backbone), node)
+    model = ExitModel(trunk, node, copy.deepcopy(net.heads[i]), _used_attrs(net.backbone, trunk))
     model.train(net.training)
     return model
 

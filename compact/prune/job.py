@@ -58,7 +58,7 @@ def prune_config(soft: bool, source: str | Path | None, model: str | None, overr
     file) or a model name trained from initialisation, PFEC's fine-tuning schedule (SFP: the paper's
     training schedule), then ``overrides``."""
     from compact.engine import TrainConfig, open_run
-    from compact.modelfile import read_info
+    from compact.modelfile import read_info, training_settings
 
     base: dict[str, Any] = {} if soft else dict(FINETUNE)
     if source is not None:
@@ -68,13 +68,7 @@ def prune_config(soft: bool, source: str | Path | None, model: str | None, overr
             base.update({k: stored[k] for k in INHERITED})
         elif path.is_file():
             info = read_info(path)
-            base.update(
-                model=info.arch,
-                model_kwargs=info.model_kwargs,
-                num_classes=info.num_classes,
-                data=info.dataset or "fashion-mnist",
-                seed=int(info.source.get("seed", 0)),
-            )
+            base.update(training_settings(info))
         else:
             raise CompactError(f"--from {source} does not exist")
         base["init_from"] = str(path)
