@@ -81,3 +81,22 @@ def test_probe_bad_input(trained_standard_run, tmp_path, capsys):
 
     with pytest.raises(CompactError, match="method probe works on a trained network: set init_from"):
         TrainConfig(model="cifar_resnet20", method="probe")
+
+
+def test_work_from_a_model_file_takes_its_input_size_classes_and_seed(tmp_path):
+    from compact import attach_exits, create_model
+    from compact.engine.probe import probe_config
+    from compact.modelfile import ModelInfo, save_model
+    from compact.prune.job import prune_config
+
+    net = attach_exits(create_model("cifar_resnet20", num_classes=10, in_chans=1), 1, input_size=(1, 32, 32))
+    info = ModelInfo("cifar_resnet20", 10, 1, [1, 32, 32], kind="multi-exit", head=net.head_type,
+                     dataset="fashion-mnist", source={"seed": 4})  # fmt: skip
+    save_model(net, tmp_path / "m.safetensors", info)
+    for cfg in (
+        probe_config(tmp_path / "m.safetensors", {"exits": 3}),
+        prune_config(False, tmp_path / "m.safetensors", None, {}),
+    ):
+        # a network trained on Fashion-MNIST resized to 32 px is fed 32 px images again (it was refused)
+        assert (cfg.model, cfg.image_size, cfg.in_chans, cfg.num_classes, cfg.seed) == ("cifar_resnet20", 32, 1, 10, 4)
+        assert cfg.data == "fashion-mnist"
