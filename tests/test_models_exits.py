@@ -103,6 +103,9 @@ FAMILIES = {
     "torchvision:mobilenet_v3_small": 54,
     "torchvision:shufflenet_v2_x0_5": 51,
     "torchvision:densenet121": 121,
+    "torchvision:regnet_y_400mf": 82,
+    "torchvision:efficientnet_b0": 82,
+    "torchvision:googlenet": 22,
 }
 
 

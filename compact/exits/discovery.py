@@ -4,7 +4,8 @@ A block is the outermost module of a known building-block class (residual blocks
 dense blocks, ConvNeXt and transformer blocks) of compact's CIFAR networks, timm (ResNet, RegNet, MobileNet,
 EfficientNet, ConvNeXt, ViT, Swin, Mixer, GhostNet, ResNeSt, RepVGG, MobileViT, LeViT, MetaFormer, CoaT, CaiT,
 GCViT, EfficientViT, FastViT, TinyViT, HGNetV2, RepViT, Next-ViT families) or torchvision (ResNet,
-MobileNetV2/V3, ShuffleNetV2, DenseNet, ConvNeXt, ViT, Swin). For other models, pass module or graph-node
+MobileNetV2/V3, ShuffleNetV2, DenseNet, ConvNeXt, ViT, Swin, RegNet, EfficientNet(V2), MNASNet, GoogLeNet,
+Inception v3, SqueezeNet, MaxViT). For other models, pass module or graph-node
 names explicitly; when discovery finds nothing, the error lists the candidate module names.
 """
 
@@ -48,6 +49,20 @@ BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
         "MixerBlock",  # timm MLP-Mixer
     ),
     "other": ("GhostBottleneck", "ResNestBottleneck", "RepVggBlock"),
+    "torchvision": (
+        "ResBottleneckBlock",  # RegNet
+        "MBConv",  # EfficientNet
+        "FusedMBConv",  # EfficientNetV2
+        "_InvertedResidual",  # MNASNet
+        "Inception",  # GoogLeNet
+        "InceptionA",  # Inception v3
+        "InceptionB",
+        "InceptionC",
+        "InceptionD",
+        "InceptionE",
+        "Fire",  # SqueezeNet
+        "MaxVitLayer",
+    ),
     # timm's hybrid, MetaFormer-style and efficient networks (a block of a class not listed here is found
     # through the stage ends timm declares, model.feature_info, when no listed block reaches half the depth)
     "timm hybrid": (
