@@ -187,6 +187,15 @@ def test_bad_datasets_are_named(tmp_path):
         DataOptions(subset=0)
 
 
+def test_image_folders_with_other_classes_in_val_name_them(tmp_path):
+    from compact.data import DataOptions, load_data
+
+    _image_tree(tmp_path)
+    (tmp_path / "val" / "dog").rename(tmp_path / "val" / "wolf")
+    with pytest.raises(CompactError, match=r"only in train/: dog; only in val/: wolf\)"):
+        load_data(DataOptions(name=f"imagefolder:{tmp_path}", image_size=8, workers=0))
+
+
 # -- input sizes, channels and augmentation ----------------------------------------------------------------
 def test_in_memory_datasets_take_image_size_and_channels(tmp_path):
     from compact.data import DataOptions, load_data

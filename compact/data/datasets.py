@@ -197,9 +197,15 @@ def _image_folder(root: str, opts: DataOptions, in_chans: int) -> Data:
             "at least two (one sub-folder of images per class)"
         )
     if train.classes != test.classes:
+        only_train = sorted(set(train.classes) - set(test.classes))
+        only_val = sorted(set(test.classes) - set(train.classes))
+
+        def listed(names: list[str]) -> str:
+            return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"
+
         raise CompactError(
-            f"{root}: train/ and val/ have different classes ({len(train.classes)} vs {len(test.classes)}); "
-            "every class needs a folder in both"
+            f"{root}: train/ and val/ have different classes (only in train/: {listed(only_train)}; only in "
+            f"val/: {listed(only_val)}); every class needs a folder in both"
         )
 
     def permutation(ds) -> list[int]:
