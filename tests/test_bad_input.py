@@ -170,7 +170,7 @@ CASES = [
         "not valid YAML for compact",
     ),  # fmt: skip
     (["train", *TINY, "--method-option", "c=2020-01-01", "--out", "{ws}/new"], "got date"),
-    (["train", *TINY, "--lr", "nan", "--out", "{ws}/new"], "lr must be a number > 0"),
+    (["train", *TINY, "--lr", "nan", "--out", "{ws}/new"], "lr must be a number in (0, 10000]"),
     (["train", *TINY, "--num-classes", "1000000000", "--out", "{ws}/new"], "num_classes"),
     (["train", *TINY, "--image-size", "100000", "--out", "{ws}/new"], "image_size must be an integer in 8..2048"),
     (["train", *TINY, "--subset", "-5", "--out", "{ws}/new"], "subset must be an integer >= 1"),

@@ -149,7 +149,10 @@ def test_train_mwbp_eval_export_from_the_command_line(tmp_path, capsys):
     [
         (["--epochs", "0"], "epochs must be an integer >= 1, got 0"),
         (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
-        (["--lr", "0"], "lr must be a number > 0, got 0.0"),
+        (["--lr", "0"], "lr must be a number in (0, 10000], got 0.0"),
+        (["--lr", "1e308"], "lr must be a number in (0, 10000], got 1e+308"),
+        (["--momentum", "5"], "momentum must be a number in [0, 1), got 5.0"),
+        (["--lr-decay", "10"], "lr_decay (the factor at each milestone) must be in (0, 1], got 10.0"),
         (["--data", "mnist"], "unknown dataset 'mnist'"),
         (["--method", "sgd"], "unknown backpropagation method 'sgd'"),
         (["--method-option", "c"], "expected KEY=VALUE"),

@@ -138,8 +138,8 @@ def test_learning_rate_schedule_is_the_papers():
     [
         ({"epochs": 0}, "epochs must be an integer >= 1"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1"),
-        ({"lr": 0.0}, "lr must be a number > 0"),
-        ({"lr": -0.1}, "lr must be a number > 0"),
+        ({"lr": 0.0}, r"lr must be a number in \(0, 10000\]"),
+        ({"lr": -0.1}, r"lr must be a number in \(0, 10000\]"),
         ({"method": "sideways"}, "valid backpropagation methods: joint, mwbp"),
         ({"lr_milestones": [0.6, 0.4]}, "increasing fractions"),
         ({"exits": 3, "exit_blocks": [1, 2]}, "only one way to place exits"),

@@ -39,7 +39,7 @@ def _with(change):
         (lambda r: r.update(colour="blue"), "unknown key(s) colour"),
         (lambda r: r["entries"][0]["train"].update(epochz=3), "unknown option(s) epochz"),
         (lambda r: r["entries"][0]["train"].update(method="sgd"), "unknown backpropagation method 'sgd'"),
-        (lambda r: r["entries"][0]["train"].update(lr=-1), "lr must be a number > 0"),
+        (lambda r: r["entries"][0]["train"].update(lr=-1), "lr must be a number in (0, 10000]"),
         (lambda r: r["entries"][4]["prune"].update({"from": "nowhere"}), "refers to unknown entry 'nowhere'"),
         (lambda r: r["entries"][4]["prune"].update(method="taylor"), "unknown pruning method 'taylor'"),
         (lambda r: r["entries"][4]["prune"].update(macs_ratio=0.5), "exactly one of match, macs_ratio"),

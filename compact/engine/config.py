@@ -24,6 +24,9 @@ LOSSES = ("ce", "arcface", "cosface")
 #: training precisions (autocast dtypes; ``auto`` picks bf16 on a GPU that supports it)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
+#: the largest learning rate (and weight decay) taken: far above any schedule, far below float32's range
+MAX_LR = 1e4
+
 #: the most DataLoader worker processes taken (each is a process: a typo must not start thousands)
 MAX_WORKERS = 256
 
@@ -123,14 +126,16 @@ class TrainConfig:
         for key in ("num_classes", "exits", "subset", "test_subset", "image_size", "in_chans"):
             if getattr(self, key) is not None:
                 _check_int(self, key, 1)
-        for key in ("lr", "lr_decay"):
-            value = getattr(self, key)
-            if not is_finite_number(value) or value <= 0:
-                raise CompactError(f"{key} must be a number > 0, got {value!r}")
-        for key in ("momentum", "weight_decay"):
-            value = getattr(self, key)
-            if not is_finite_number(value) or value < 0:
-                raise CompactError(f"{key} must be a number >= 0, got {value!r}")
+        # bounds a real schedule never reaches: lr 1e308 overflowed float32 inside torch (an internal error),
+        # momentum >= 1 or a "decay" above 1 make SGD grow without bound
+        if not is_finite_number(self.lr) or not 0 < self.lr <= MAX_LR:
+            raise CompactError(f"lr must be a number in (0, {MAX_LR:g}], got {self.lr!r}")
+        if not is_finite_number(self.lr_decay) or not 0 < self.lr_decay <= 1:
+            raise CompactError(f"lr_decay (the factor at each milestone) must be in (0, 1], got {self.lr_decay!r}")
+        if not is_finite_number(self.momentum) or not 0 <= self.momentum < 1:
+            raise CompactError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
+        if not is_finite_number(self.weight_decay) or not 0 <= self.weight_decay <= MAX_LR:
+            raise CompactError(f"weight_decay must be a number in [0, {MAX_LR:g}], got {self.weight_decay!r}")
         ms = self.lr_milestones
         if not isinstance(ms, list) or not all(is_finite_number(m) and 0 < m <= 1 for m in ms) or ms != sorted(ms):
             raise CompactError(f"lr_milestones must be increasing fractions of the epochs in (0, 1], got {ms!r}")
