@@ -35,6 +35,8 @@ def resolve(kind: str, name_or_path: str | Path) -> Path:
         return path
     if path.is_dir():
         raise CompactError(f"{kind} file {path} is a folder, not a file")
+    if path.exists():
+        raise CompactError(f"{kind} file {path} is not a regular file")
     files = shipped(kind)
     name = str(name_or_path)
     if name in files:

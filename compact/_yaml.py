@@ -62,6 +62,8 @@ def read_yaml_file(path: str | Path, what: str = "YAML file") -> Any:
     """:func:`load_yaml_text` of the file ``path``; a missing, huge, binary or malformed file is a
     :class:`CompactError` naming it."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or a device would block or never end
+        raise CompactError(f"{what} {path} is not a regular file")
     try:
         if path.stat().st_size > MAX_BYTES:
             raise CompactError(f"{what} {path} is larger than {MAX_BYTES // 1024} KB; compact's YAML files are small")

@@ -300,3 +300,24 @@ def test_an_in_memory_loader_moved_to_a_device_gives_the_same_batches():
     here, moved = make(), make().to("cpu")
     for (a, ya), (b, yb) in zip(here, moved, strict=True):
         assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+def test_fifos_where_files_are_expected_are_refused_or_skipped_never_read(tmp_path, capsys):
+    """Reading a FIFO blocks until someone writes to it: a crafted data folder or recipe must not hang compact."""
+    import os
+
+    from compact.cli import main
+    from compact.data import DataOptions, load_data
+    from compact.data.idx import read_idx
+
+    _image_tree(tmp_path)
+    os.mkfifo(tmp_path / "train" / "cat" / "stuck.png")
+    data = load_data(DataOptions(name=f"imagefolder:{tmp_path}", image_size=8, workers=0))
+    assert len(data.loaders(4, seed=0)[0].dataset) == 6  # the FIFO is skipped with the files that are not images
+    assert "skipped 1 file(s)" in capsys.readouterr().err
+    os.mkfifo(tmp_path / "images.idx")
+    with pytest.raises(CompactError, match="is not a regular file"):
+        read_idx(tmp_path / "images.idx")
+    os.mkfifo(tmp_path / "recipe.yaml")
+    assert main(["recipes", str(tmp_path / "recipe.yaml")]) == 2
+    assert f"recipe file {tmp_path / 'recipe.yaml'} is not a regular file" in capsys.readouterr().err

@@ -85,6 +85,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 
 def safe_unpickle(path: Path) -> object:
     """Unpickle ``path`` allowing nothing but numpy arrays, strings, numbers and containers."""
+    if not path.is_file():  # a FIFO or a device would block reading
+        raise CompactError(f"{path} is not a regular file (a CIFAR batch was expected)")
     if path.stat().st_size > MAX_PICKLE_BYTES:
         raise CompactError(f"{path} is larger than any CIFAR file ({MAX_PICKLE_BYTES >> 20} MB at most)")
     try:

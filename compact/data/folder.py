@@ -10,6 +10,7 @@ runs see the same batches either way.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +136,9 @@ def check_images(dataset) -> list[str]:
 
     bad: list[str] = []
     for file, _ in dataset.samples:
+        if not os.path.isfile(file):  # a FIFO or a device named like an image would block reading
+            bad.append(file)
+            continue
         try:
             with Image.open(file) as image:
                 width, height = image.size

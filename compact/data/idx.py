@@ -26,6 +26,8 @@ MAX_BYTES = 512 << 20
 def read_idx(path: str | Path) -> torch.Tensor:
     """Return the uint8 tensor stored in ``path``; corrupt, truncated or oversized files raise naming the file."""
     path = Path(path)
+    if not path.is_file():  # a FIFO or a device would block reading
+        raise CompactError(f"{path} is not a regular file (an IDX file was expected)")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:

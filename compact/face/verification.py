@@ -146,7 +146,7 @@ def read_packed(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.nda
 
     path = Path(path)
     if not path.is_file():
-        raise CompactError(f"{path} does not exist")
+        raise CompactError(f"{path} {'is not a regular file' if path.exists() else 'does not exist'}")
     if path.stat().st_size > PACKED_LIMIT:
         raise CompactError(f"{path} is larger than {PACKED_LIMIT >> 20} MB; not a packed validation file")
     try:
