@@ -442,7 +442,7 @@ def read_info(path: str | Path) -> ModelInfo:
 
     path = Path(path)
     if not path.is_file():
-        raise CompactError(f"model file {path} does not exist")
+        raise CompactError(f"model file {path} {'is not a regular file' if path.exists() else 'does not exist'}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
