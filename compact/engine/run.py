@@ -78,20 +78,10 @@ def export_output_onnx(
     from compact.profile.onnx_export import export_onnx, ort_session, parity
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise CompactError(f"{path} exists; pass --overwrite to replace it")
-    i = exit_index(net, which)
+    i, sub_info = _output_info(net, info, which, path, overwrite)
     final = i == net.num_outputs - 1
     module = extract_exit(net, i).eval()
-    sub_info = replace(
-        info,
-        kind="full" if final else "exit",
-        exit_nodes=[] if final else [net.exit_nodes[i]],
-        head=None if final else net.head_type,
-        attrs={},
-        params=sum(p.numel() for p in module.parameters()),
-        source={**info.source, "output": i, "depth": net.depths[i]},
-    )
+    sub_info.params = sum(p.numel() for p in module.parameters())
     metadata = {
         f"compact.{key}": json.dumps(value)
         for key, value in (
@@ -129,11 +119,20 @@ def export_output(
     output becomes the backbone without any head (kind ``full``).
     """
     path = Path(path)
+    i, sub_info = _output_info(net, info, which, path, overwrite)
+    return save_model(extract_exit(net, i), path, sub_info)
+
+
+def _output_info(
+    net: MultiExitNet, info: ModelInfo, which: int | str, path: Path, overwrite: bool
+) -> tuple[int, ModelInfo]:
+    """The index of output ``which`` and the description of it as a standalone model (an auxiliary exit:
+    kind ``exit``; the final output: kind ``full``), after refusing to replace ``path`` unless asked."""
     if path.exists() and not overwrite:
         raise CompactError(f"{path} exists; pass --overwrite to replace it")
     i = exit_index(net, which)
     final = i == net.num_outputs - 1
-    sub_info = replace(
+    return i, replace(
         info,
         kind="full" if final else "exit",
         exit_nodes=[] if final else [net.exit_nodes[i]],
@@ -141,4 +140,3 @@ def export_output(
         attrs={},
         source={**info.source, "output": i, "depth": net.depths[i]},
     )
-    return save_model(extract_exit(net, i), path, sub_info)
