@@ -6,6 +6,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+#: the largest seed compact takes (options, recipes, files): seeds reach NumPy and torch generators, which
+#: take 32 or 64 bits
+MAX_SEED = 2**31 - 1
+
 
 def is_number(value: Any) -> bool:
     """An int or float that is not a bool; NaN and infinities included (a diverged run's error)."""

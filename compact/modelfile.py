@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from compact._atomic import atomic_path
-from compact._numbers import is_finite_number
+from compact._numbers import MAX_SEED, is_finite_number
 from compact._version import __version__
 from compact.errors import CompactError
 
@@ -172,6 +172,8 @@ def _check_info(info: ModelInfo) -> None:
     for key in ("seed", "output", "depth", "epochs"):
         if key in info.source and not _is_int(info.source[key]):
             _fail(f"source.{key} must be an integer", info.source[key])
+    if not 0 <= info.source.get("seed", 0) <= MAX_SEED:
+        _fail(f"source.seed must lie in 0..{MAX_SEED}", info.source["seed"])
     subset = info.source.get("subset")
     if subset is not None and not (_is_int(subset) and subset > 0):
         _fail("source.subset must be null or a positive number of images", subset)

@@ -185,6 +185,9 @@ def test_bad_datasets_are_named(tmp_path):
         load_data(DataOptions(name=f"imagefolder:{tmp_path / 'train'}"))
     with pytest.raises(CompactError, match="subset must be a positive number"):
         DataOptions(subset=0)
+    # a seed read from a crafted file or manifest overflowed torch's generator (an internal error)
+    with pytest.raises(CompactError, match=r"seed must be an integer in 0\.\.2147483647"):
+        DataOptions(seed=10**30)
 
 
 def test_image_folders_with_other_classes_in_val_name_them(tmp_path):

@@ -125,6 +125,8 @@ def test_crafted_attributes_are_refused(tmp_path, module, attrs, message):
         ({"model_kwargs": {"in_chans": 3}}, "set by compact itself"),
         ({"model_kwargs": {"pretrained": True}}, "'pretrained' is refused"),
         ({"source": {"seed": "zero"}}, "source.seed must be an integer"),
+        ({"source": {"seed": 10**30}}, "source.seed must lie in 0..2147483647"),  # overflowed torch's generator
+        ({"source": {"seed": -1}}, "source.seed must lie in 0..2147483647"),
     ],
 )
 def test_description_fields_are_typed_and_bounded(tmp_path, change, message):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compact._numbers import MAX_SEED
 from compact._registry import Registry
 from compact.data.memory import ArrayDataset, InMemoryLoader
 from compact.errors import CompactError
@@ -73,8 +74,8 @@ class DataOptions:
             raise CompactError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {self.in_chans!r}")
         if not is_int(self.workers) or not 0 <= self.workers <= 256:
             raise CompactError(f"workers must be an integer in 0..256, got {self.workers!r}")
-        if not is_int(self.seed) or self.seed < 0:
-            raise CompactError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise CompactError(f"seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
         if not isinstance(self.download, bool):
             raise CompactError(f"download must be true or false, got {self.download!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from compact._numbers import is_finite_number
+from compact._numbers import MAX_SEED, is_finite_number
 from compact._resources import resolve
 from compact._yaml import read_yaml_file
 from compact.errors import CompactError
@@ -30,8 +30,6 @@ MAX_LR = 1e4
 #: the most DataLoader worker processes taken (each is a process: a typo must not start thousands)
 MAX_WORKERS = 256
 
-#: the largest seed taken (recipes take the same range): the seed reaches NumPy and torch generators
-MAX_SEED = 2**31 - 1
 
 
 @dataclass
