@@ -190,6 +190,31 @@ def test_bad_datasets_are_named(tmp_path):
         DataOptions(seed=10**30)
 
 
+def test_sixteen_bit_grayscale_images_keep_their_range_and_unranged_modes_are_refused(tmp_path):
+    """PIL's own conversion clipped every 16-bit value above 255 to white: an image of 40000 read as 255."""
+    import numpy as np
+    from PIL import Image
+
+    from compact.data import DataOptions, load_data
+
+    levels = {"dark": 0, "mid": 40000, "bright": 65535}  # 8-bit: 0, 40000 >> 8 = 156, 255
+    for split in ("train", "val"):
+        for name, value in levels.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), value, dtype=np.uint16)).save(tmp_path / split / name / "0.png")
+    assert Image.open(tmp_path / "val" / "mid" / "0.png").mode == "I;16"
+    data = load_data(DataOptions(name=f"imagefolder:{tmp_path}", image_size=8, workers=0, in_chans=1))
+    _, test = data.loaders(3, seed=0)
+    x, y = next(iter(test))
+    seen = {data.classes[int(label)]: float(image.mean()) for image, label in zip(x, y, strict=True)}
+    expected = {name: ((value >> 8) / 255 - 0.5) / 0.5 for name, value in levels.items()}
+    assert seen == pytest.approx(expected, abs=1e-6)
+
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(tmp_path / "val" / "mid" / "1.tiff")
+    with pytest.raises(CompactError, match=r"1\.tiff holds floating-point pixels \(PIL mode F\)"):
+        load_data(DataOptions(name=f"imagefolder:{tmp_path}", image_size=8, workers=0, in_chans=1))
+
+
 def test_image_folders_with_other_classes_in_val_name_them(tmp_path):
     from compact.data import DataOptions, load_data
 

@@ -24,14 +24,34 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 SPLITS = ("train", "val")
 
 
+#: PIL modes of one 16-bit channel: PIL's own conversion to 8 bits clips them (every value above 255 turns
+#: white), so compact maps their full range 0..65535 onto 0..255 itself
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: PIL modes of 32-bit integer or float pixels: the file does not say what range its values span, so no
+#: conversion to 8 bits is right for all of them; such images are refused by name
+UNRANGED_MODES = ("I", "F")
+
+
+def to_eight_bit(image):
+    """``image`` with a 16-bit channel scaled to 8 bits (``value >> 8``); other images unchanged."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image).astype(np.uint32)
+    return Image.fromarray((pixels >> 8).astype(np.uint8), "L")
+
+
 class _Convert:
-    """PIL mode conversion (a class, not a lambda, so that worker processes can pickle it)."""
+    """PIL mode conversion (a class, not a lambda, so that worker processes can pickle it); 16-bit
+    grayscale images are first scaled to 8 bits (:func:`to_eight_bit`)."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
 
     def __call__(self, image):
-        return image.convert(self.mode)
+        return to_eight_bit(image).convert(self.mode)
 
 
 def image_folder(
@@ -146,6 +166,12 @@ def check_images(dataset) -> list[str]:
                     raise CompactError(
                         f"{file} is {width}x{height} pixels, more than compact decodes ({MAX_PIXELS:,}); "
                         "resize it or remove it from the image folder"
+                    )
+                if image.mode in UNRANGED_MODES:
+                    kind = "32-bit integer" if image.mode == "I" else "floating-point"
+                    raise CompactError(
+                        f"{file} holds {kind} pixels (PIL mode {image.mode}), whose range the file does not "
+                        "state; compact reads 8- and 16-bit images: convert it to one of those"
                     )
                 image.verify()
         except CompactError:
