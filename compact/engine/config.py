@@ -31,7 +31,6 @@ MAX_LR = 1e4
 MAX_WORKERS = 256
 
 
-
 @dataclass
 class TrainConfig:
     """Everything that defines a run.
