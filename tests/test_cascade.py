@@ -261,6 +261,58 @@ def test_cascade_bad_input(resnet_cascade, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def _replace_segment(folder, tmp_path, name, model):
+    """A copy of the cascade ``folder`` whose segment 0 is the ONNX ``model``, its hash updated in the
+    manifest (a crafted folder: whoever wrote the graph wrote the manifest too)."""
+    import shutil
+
+    from compact.cascade.export import sha256
+
+    copy = tmp_path / name
+    shutil.copytree(folder, copy)
+    (copy / "segment0.onnx").write_bytes(model.SerializeToString())
+    m = json.loads((copy / "manifest.json").read_text())
+    m["segments"][0]["sha256"] = sha256(copy / "segment0.onnx")
+    (copy / "manifest.json").write_text(json.dumps(m))
+    return copy
+
+
+def test_crafted_segments_with_matching_hashes_are_clear_errors(resnet_cascade, tmp_path, capsys):
+    """ONNX Runtime's own failures were internal errors: a graph whose external data points outside its
+    folder (ONNX Runtime refuses to read it), and one that loads but does not compute the manifest's shapes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    _, folder = resnet_cascade
+    m = json.loads((folder / "manifest.json").read_text())
+    inputs, outputs = m["segments"][0]["inputs"], m["segments"][0]["outputs"]
+    x = helper.make_tensor_value_info(inputs[0], TensorProto.FLOAT, None)
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+
+    weight = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="../../../../etc/hostname")
+    nodes = [helper.make_node("Add", [inputs[0], "w"], [outputs[0]]), helper.make_node("Identity", ["w"], [outputs[1]])]
+    escaping = helper.make_model(helper.make_graph(nodes, "g", [x], outs, [weight]))
+    bad = _replace_segment(folder, tmp_path, "external", escaping)
+    assert main(["cascade", str(bad), "--latency-images", "0", "--test-subset", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "ONNX Runtime cannot load" in err and "segment0.onnx" in err and "internal error" not in err
+
+    axes = numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes")
+    nodes = [helper.make_node("Identity", [inputs[0]], [outputs[0]]),
+             helper.make_node("ReduceMean", [inputs[0], "axes"], [outputs[1]], keepdims=0)]  # fmt: skip
+    wrong = helper.make_model(
+        helper.make_graph(nodes, "g", [x], outs, [axes]), opset_imports=[onnx.helper.make_opsetid("", 18)]
+    )
+    bad = _replace_segment(folder, tmp_path, "shapes", wrong)
+    with pytest.raises(
+        CompactError, match=r"segment0.onnx: on 2 images it returns shapes \[\(2, 1, 16, 16\), \(2,\)\]"
+    ):
+        Cascade(bad)
+
+
 def test_a_network_without_exits_is_refused(tmp_path, capsys):
     from compact.modelfile import save_model
 

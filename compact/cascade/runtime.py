@@ -30,6 +30,21 @@ RULES = ("maxprob", "margin", "entropy")
 MANIFEST_LIMIT = 1 << 20
 
 
+def _text(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500]
+
+
+def run_session(session: Any, outputs: list[str], feed: dict[str, np.ndarray], name: str) -> list[np.ndarray]:
+    """``session.run``, with ONNX Runtime's failures (a graph that does not compute on these inputs) turned
+    into a :class:`CompactError` naming the graph's file."""
+    try:
+        return session.run(outputs, feed)
+    except MemoryError:
+        raise
+    except Exception as exc:  # ONNX Runtime's own error classes
+        raise CompactError(f"{name}: ONNX Runtime failed running it: {_text(exc)}") from None
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = logits.astype(np.float64) / temperature
     z -= z.max(axis=1, keepdims=True)
@@ -205,6 +220,26 @@ class Cascade:
             have = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
             if have != (s["inputs"], s["outputs"]):
                 raise CompactError(f"{self.folder / s['file']}: its tensors {have} are not the manifest's")
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Run two blank images through every graph: each must return (2, classes) logits and carry batch-2
+        features, so that a graph which does not compute what the manifest says fails here, by name."""
+        classes = self.manifest["num_classes"]
+        carry = [np.zeros((2, *self.input_size), np.float32)]
+        for i, s in enumerate(self.manifest["segments"]):
+            outs = self._segment(i, carry)
+            if any(o.ndim == 0 or o.shape[0] != 2 for o in outs) or outs[-1].shape != (2, classes):
+                got = [tuple(o.shape) for o in outs]
+                raise CompactError(
+                    f"{self.folder / s['file']}: on 2 images it returns shapes {got}; the manifest's cascade needs "
+                    f"features of 2 images and (2, {classes}) logits"
+                )
+            carry = outs[:-1]
+        for i, s in enumerate(self.manifest["static"]):
+            got = self.run_static(i, np.zeros((2, *self.input_size), np.float32)).shape
+            if got != (2, classes):
+                raise CompactError(f"{self.folder / s['file']}: returns logits of shape {got}, not (2, {classes})")
 
     @property
     def num_exits(self) -> int:
@@ -243,7 +278,7 @@ class Cascade:
 
     def _segment(self, i: int, carry: list[np.ndarray]) -> list[np.ndarray]:
         s = self.manifest["segments"][i]
-        return self.sessions[i].run(s["outputs"], dict(zip(s["inputs"], carry, strict=True)))
+        return run_session(self.sessions[i], s["outputs"], dict(zip(s["inputs"], carry, strict=True)), s["file"])
 
     def run_all(self, x: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
         """Logits of every exit (final last) for every sample: the cascade run to the end."""
@@ -312,16 +347,22 @@ class Cascade:
         last = self.num_exits - 1
         plan = [(sess, s["outputs"], s["inputs"]) for sess, s in zip(self.sessions, self.manifest["segments"],
                                                                       strict=True)]  # fmt: skip
-        for j in range(len(x)):
-            carry = [x[j : j + 1]]
-            for i, (sess, outputs, inputs) in enumerate(plan):
-                outs = sess.run(outputs, dict(zip(inputs, carry, strict=True)))
-                z = outs[-1]
-                if i == last or confidence(z, rule, temps[i])[0] > threshold:
-                    pred[j], used[j] = int(z[0].argmax()), i
-                    break
-                carry = outs[:-1]
+        try:
+            for j in range(len(x)):
+                carry = [x[j : j + 1]]
+                for i, (sess, outputs, inputs) in enumerate(plan):
+                    outs = sess.run(outputs, dict(zip(inputs, carry, strict=True)))
+                    z = outs[-1]
+                    if i == last or confidence(z, rule, temps[i])[0] > threshold:
+                        pred[j], used[j] = int(z[0].argmax()), i
+                        break
+                    carry = outs[:-1]
+        except (CompactError, MemoryError):
+            raise
+        except Exception as exc:  # ONNX Runtime's own error classes
+            raise CompactError(f"{self.folder}: ONNX Runtime failed running the cascade: {_text(exc)}") from None
 
     def run_static(self, i: int, x: np.ndarray) -> np.ndarray:
         """Logits of output ``i`` computed by its own single graph (the static reference)."""
-        return self.static_sessions[i].run(["logits"], {"input": self._check_input(x)})[0]
+        feed = {"input": self._check_input(x)}
+        return run_session(self.static_sessions[i], ["logits"], feed, self.manifest["static"][i]["file"])[0]

@@ -91,7 +91,13 @@ def ort_session(path: str | Path, threads: int | None = None, spinning: bool = T
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except MemoryError:
+        raise
+    except Exception as exc:  # ONNX Runtime's own classes (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile...)
+        text = " ".join(str(exc).split())[:500]
+        raise CompactError(f"ONNX Runtime cannot load {path}: {text}") from None
 
 
 @torch.no_grad()
