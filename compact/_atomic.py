@@ -30,6 +30,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def refuse_links(folder: str | Path) -> None:
+    """Raise :class:`~compact.errors.CompactError` when ``folder`` holds a symbolic link anywhere inside it.
+
+    compact writes only inside the folder a user names; a link inside it (in a run folder copied from
+    someone else, say) would carry later writes, such as a resumed run's exports, to wherever it points.
+    ``folder`` itself may be a link: the user named it."""
+    from compact.errors import CompactError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for root, dirs, files in os.walk(folder):  # does not descend into linked folders
+        for name in dirs + files:
+            path = Path(root) / name
+            if path.is_symlink():
+                raise CompactError(
+                    f"{path} is a symbolic link; compact writes only inside {folder} and will not write through "
+                    "it: replace the link by a copy of what it points to, or use another output folder"
+                )
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Replace ``path``'s content with ``text`` atomically."""
     with atomic_path(path) as tmp:

@@ -278,6 +278,45 @@ def test_recipes_replace_only_folders_they_made(tmp_path):
     assert (foreign / "config.yaml").read_text() == "someone else's run\n" and not any(outside.iterdir())
 
 
+def test_links_inside_an_output_folder_are_refused_before_anything_is_written(tmp_path, capsys):
+    """A run folder copied from someone else may hold a link (its exports/ pointing at another folder):
+    resuming or re-making it wrote through the link, outside the folder the user named."""
+    from compact._atomic import refuse_links
+    from compact.recipes.runner import claim
+    from compact.report import make_report
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    run = tmp_path / "run"
+    assert _train(tmp_path, run, "--epochs", "1") == 0
+    capsys.readouterr()
+    (run / "exports").symlink_to(outside, target_is_directory=True)
+    assert main(["train-mwbp", "--resume", str(run), "--epochs", "2"]) == 2
+    assert f"{run / 'exports'} is a symbolic link" in capsys.readouterr().err
+    with pytest.raises(CompactError, match="is a symbolic link"):
+        refuse_links(run)
+    refuse_links(outside)  # a folder without links, and a missing one, pass
+    refuse_links(tmp_path / "missing")
+
+    out = tmp_path / "out"
+    folder = out / "mwbp" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").symlink_to(outside / "model.safetensors")
+    with pytest.raises(CompactError, match="model.safetensors is a symbolic link"):
+        claim(out, folder, "mwbp", 0)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").symlink_to(outside / "report.md")
+    with pytest.raises(CompactError, match="report.md is a symbolic link"):
+        make_report(tmp_path / "no-run-needed", report)
+    assert not any(outside.iterdir())
+    # the folder the user names may itself be a link
+    linked_run = tmp_path / "linked-run"
+    linked_run.symlink_to(tmp_path / "fresh", target_is_directory=True)
+    (tmp_path / "fresh").mkdir()
+    assert _train(tmp_path, linked_run, "--epochs", "1") == 0
+
+
 # -- runs: resume, failed starts, interrupts, file modes ---------------------------------------------------
 def test_stale_temporaries_are_removed_on_resume_and_files_share_one_mode(tmp_path):
     out = tmp_path / "run"

@@ -56,14 +56,18 @@ def check_output_file(path: str, option: str) -> None:
 
 
 def check_output_dir(path: str, option: str) -> None:
-    """A folder the command will write into: not a file, and no parent of it a file."""
+    """A folder the command will write into: not a file, no parent of it a file, and no symbolic link
+    inside it (:func:`compact._atomic.refuse_links`)."""
     from pathlib import Path
+
+    from compact._atomic import refuse_links
 
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise CompactError(f"{option} {path} is a file; give a folder")
     if any(q.exists() and not q.is_dir() for q in p.parents):
         raise CompactError(f"{option} {path}: a parent of it is a file, not a folder")
+    refuse_links(p)
 
 
 def add_placement_args(g, default) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compact._atomic import write_text
+from compact._atomic import refuse_links, write_text
 from compact._malloc import tune_cpu_allocator
 from compact.data import Data, DataOptions, load_data
 from compact.engine.callbacks import (
@@ -400,6 +400,7 @@ def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
         raise CompactError(f"output folder {out} exists and is not a folder")
     if any(p.exists() and not p.is_dir() for p in out.parents):
         raise CompactError(f"cannot create the run folder {out}: a parent of it is a file")
+    refuse_links(out)
     present = [f for f in RUN_FILES if (out / f).exists()]
     if resume:
         if not (out / CONFIG).is_file():

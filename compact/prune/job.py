@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from compact._atomic import write_text
+from compact._atomic import refuse_links, write_text
 from compact._jsonfile import read_json_object
 from compact.engine.distributed import barrier, from_env
 from compact.errors import CompactError
@@ -159,6 +159,7 @@ def prune_job(
 
     spec = PRUNERS.get(method)
     out = Path(out)
+    refuse_links(out)
     if resume:
         return _finish_resumed(out, progress, log)
     if target.recipe and method != "l1":

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compact._atomic import write_text
+from compact._atomic import refuse_links, write_text
 from compact._jsonfile import read_json_object, try_read_json_object
 from compact.engine.config import SMOKE, SMOKE_IMAGE_SIZE
 from compact.errors import CompactError
@@ -185,6 +185,7 @@ def claim(out: Path, folder: Path, entry: str, seed: int) -> None:
     is: a recipe replaces files only in folders it made itself, and never outside ``out``."""
     if not folder.resolve().is_relative_to(out.resolve()):
         raise CompactError(f"{folder} leads outside the output folder {out} (a link?); refusing to write there")
+    refuse_links(folder)
     mark = folder / MARK
     want = {"entry": entry, "seed": seed}
     if mark.is_file():

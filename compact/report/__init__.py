@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from compact._atomic import write_text
+from compact._atomic import refuse_links, write_text
 from compact._jsonfile import try_read_json_object
 from compact.errors import CompactError
 from compact.recipes.runner import effective_data, entry_dir
@@ -22,6 +22,7 @@ from compact.report.tables import comparison_table, exits_table
 def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict[str, Any]:
     """Write the tables (Markdown, CSV, JSON), the Pareto plots (PNG, SVG) and their data into ``out``."""
     run, out = Path(run), Path(out)
+    refuse_links(out)
     results: RunResults = collect(run)
     if results.missing and not partial:
         raise CompactError(
