@@ -84,6 +84,36 @@ def test_loader_is_deterministic_per_epoch():
         InMemoryLoader(ds, 0, train=True, mean=[0.5], std=[0.25])
 
 
+def test_a_lone_last_training_image_joins_the_batch_before_it():
+    """A last training batch of one image failed (internal error) every network that pools to 1x1 before a
+    BatchNorm (timm's and torchvision's MobileNetV3 and EfficientNet at 32 px): it now joins the batch before."""
+    from compact.data.memory import batch_bounds
+
+    assert batch_bounds(17, 16, 2) == [(0, 17)]
+    assert batch_bounds(18, 16, 2) == [(0, 16), (16, 18)]
+    assert batch_bounds(33, 16, 2) == [(0, 16), (16, 33)]
+    assert batch_bounds(17, 16, 1) == [(0, 16), (16, 17)]  # evaluation keeps every batch as it is
+    assert batch_bounds(1, 16, 2) == [(0, 1)] and batch_bounds(0, 16, 2) == []
+    assert batch_bounds(35, 16, 4) == [(0, 16), (16, 35)]  # two processes: fewer than 2 images each
+    ds = ArrayDataset(torch.randint(0, 256, (33, 1, 8, 8), dtype=torch.uint8), torch.arange(33) % 3, 3, "toy")
+    train = InMemoryLoader(ds, 16, train=True, mean=[0.5], std=[0.25], seed=3)
+    test = InMemoryLoader(ds, 16, train=False, mean=[0.5], std=[0.25])
+    assert [len(y) for _, y in train] == [16, 17] and len(train) == 2
+    assert sorted(torch.cat([y for _, y in train]).tolist()) == sorted(ds.labels.tolist())  # every image, once
+    assert [len(y) for _, y in test] == [16, 16, 1] and len(test) == 3
+
+
+@needs_fmnist
+def test_a_network_that_pools_to_one_pixel_trains_on_a_set_of_one_image_more_than_the_batch(tmp_path, capsys):
+    from compact.cli import main
+
+    common = ["train", "--model", "timm:mobilenetv3_small_050", "--subset", "17", "--test-subset", "8",
+              "--image-size", "32", "--epochs", "1", "--no-progress", "--out"]  # fmt: skip
+    assert main([*common, str(tmp_path / "a"), "--batch-size", "16"]) == 0
+    assert main([*common, str(tmp_path / "b"), "--batch-size", "1"]) == 2
+    assert "use a --batch-size of at least 2" in capsys.readouterr().err
+
+
 # -- CIFAR (read without running code) and image folders ----------------------------------------------
 def test_cifar10_python_layout_is_read_exactly(tmp_path):
     from compact.data import load_cifar
@@ -170,6 +200,16 @@ def test_image_folder_dataset(tmp_path):
     train.set_epoch(0)
     assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, train, strict=True))  # same epoch, same order
     assert sorted(torch.cat([y for _, y in test]).tolist()) == [0, 0, 0, 1, 1, 1]
+    # the order is the one DataLoader(shuffle=True) draws from the epoch's generator (as before batches were
+    # merged), and a lone last training image joins the batch before it
+    from compact.data.folder import FolderLoader
+
+    train.set_epoch(3)
+    plain = torch.utils.data.DataLoader(train.dataset, batch_size=4, shuffle=True,
+                                        generator=torch.Generator().manual_seed(3))  # fmt: skip
+    assert torch.equal(torch.cat([y for _, y in train]), torch.cat([y for _, y in plain]))
+    five = FolderLoader(train.dataset, 5, train=True, workers=0)
+    assert [len(y) for _, y in five] == [6] and len(five) == 1
 
 
 def test_bad_datasets_are_named(tmp_path):

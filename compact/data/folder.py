@@ -188,6 +188,27 @@ def check_images(dataset) -> list[str]:
     return bad
 
 
+class _MergedBatches:
+    """Batches of indices from ``sampler``, ``batch_size`` at a time, with a last batch of fewer than
+    ``min_last`` indices joined to the batch before it (a DataLoader ``batch_sampler``; the sampler's order,
+    hence its use of the generator, is that of ``shuffle=True``)."""
+
+    def __init__(self, sampler, batch_size: int, min_last: int) -> None:
+        self.sampler, self.batch_size, self.min_last = sampler, batch_size, min_last
+
+    def __len__(self) -> int:
+        from compact.data.memory import batch_bounds
+
+        return len(batch_bounds(len(self.sampler), self.batch_size, self.min_last))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        from compact.data.memory import batch_bounds
+
+        order = list(self.sampler)
+        for start, end in batch_bounds(len(order), self.batch_size, self.min_last):
+            yield order[start:end]
+
+
 class FolderLoader:
     """A DataLoader over an image folder whose shuffling is seeded per epoch (call :meth:`set_epoch`)."""
 
@@ -204,10 +225,12 @@ class FolderLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        from compact.data.memory import MIN_TRAIN_BATCH, batch_bounds
+
         rank, world = self.shard
         per_process = (len(self.dataset) + world - 1) // world
         local = max(1, self.batch_size // world)
-        return (per_process + local - 1) // local
+        return len(batch_bounds(per_process, local, MIN_TRAIN_BATCH if self.train else 1))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -218,11 +241,15 @@ class FolderLoader:
                 self.dataset, num_replicas=world, rank=rank, shuffle=self.train, seed=self.seed
             )
             sampler.set_epoch(self.epoch)
+        from compact.data.memory import MIN_TRAIN_BATCH
+
+        if sampler is None:  # the sampler DataLoader(shuffle=...) would make, drawing from g alike
+            data = self.dataset
+            sampler = torch.utils.data.RandomSampler(data, generator=g) if self.train else range(len(data))
+        local = self.batch_size // world if world > 1 else self.batch_size
         loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=self.batch_size // world if world > 1 else self.batch_size,
-            sampler=sampler,
-            shuffle=self.train and sampler is None,
+            batch_sampler=_MergedBatches(sampler, local, MIN_TRAIN_BATCH if self.train else 1),
             num_workers=self.workers,
             generator=g,
             persistent_workers=False,

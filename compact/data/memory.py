@@ -124,11 +124,26 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
     return x
 
 
+def batch_bounds(n: int, batch_size: int, min_last: int = 1) -> list[tuple[int, int]]:
+    """``(start, end)`` of each batch of ``n`` items taken ``batch_size`` at a time; a last batch of fewer
+    than ``min_last`` items joins the batch before it (training: BatchNorm cannot normalise a feature map of
+    one value per channel, so a lone last image would fail any network that pools to 1x1 before one)."""
+    bounds = [(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_last:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+#: the fewest images a training batch may hold per process (see :func:`batch_bounds`)
+MIN_TRAIN_BATCH = 2
+
+
 class InMemoryLoader:
     """Iterates (float images, labels) batches of an :class:`ArrayDataset`.
 
     The order and the augmentation of epoch ``e`` depend only on ``(seed, e)``, so a resumed run sees the
-    same batches as an uninterrupted one; call :meth:`set_epoch` before iterating. ``shard=(rank, world)``:
+    same batches as an uninterrupted one; call :meth:`set_epoch` before iterating. In training, a last batch
+    of fewer than two images per process joins the batch before it (:func:`batch_bounds`). ``shard=(rank, world)``:
     each of ``world`` processes gets its contiguous share of every batch (``batch_size`` is the global
     batch), so together they see exactly the batches of a single process.
     """
@@ -170,16 +185,20 @@ class InMemoryLoader:
             self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self
 
+    def _bounds(self) -> list[tuple[int, int]]:
+        least = MIN_TRAIN_BATCH * self.shard[1] if self.train else 1
+        return batch_bounds(len(self.data), self.batch_size, least)
+
     def __len__(self) -> int:
-        return (len(self.data) + self.batch_size - 1) // self.batch_size
+        return len(self._bounds())
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.data)
         order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
         order = order.to(self.data.images.device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for start, end in self._bounds():
+            idx = order[start:end]
             x = self.data.images[idx].float().div_(255.0)
             if self.train and self.augment == "imagenet":
                 x = random_crop_flip(random_resized_crop(x, g), 0, self.flip, g)

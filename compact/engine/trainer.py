@@ -345,7 +345,15 @@ def train_epoch(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             wait += time.perf_counter() - t
-            out = method.train_step(x, y)
+            try:
+                out = method.train_step(x, y)
+            except ValueError as exc:
+                if "Expected more than 1 value per channel" not in str(exc):
+                    raise
+                raise CompactError(
+                    f"a training batch of {len(y)} image(s) reaches a BatchNorm layer over a 1x1 feature map, which "
+                    "cannot normalise a single value per channel; use a --batch-size of at least 2 per process"
+                ) from None
             for i, (loss, logits) in enumerate(zip(out.losses, out.logits, strict=True)):
                 if loss is None:
                     continue
