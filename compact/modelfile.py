@@ -322,8 +322,8 @@ def _checked_attr(owner: nn.Module, name: str, key: str, value: Any) -> Any:
             and all(_is_int(v) and 0 <= v <= MAX_DIM for v in value)
         )
         value = tuple(value) if isinstance(current, tuple) else list(value)
-    else:  # None
-        ok = False
+    else:  # None: it stays None (a layer's optional part that a file cannot add)
+        ok = value is None
     if not ok:
         raise CompactError(f"{where} to {value!r}, which is not a valid value for {current!r}"[:300])
     return value

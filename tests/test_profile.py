@@ -283,3 +283,40 @@ def test_trivial_onnx_parity_is_flagged():
     assert prof["onnx"]["parity_max_abs"] == 0 and "does not depend on its input" in prof["warnings"][0]
     net = create_model("cifar_resnet20").eval()
     assert "warnings" not in profile_models([Target("r20", net, [3, 32, 32], None, {})], onnx=True, latency=False)[0]
+
+
+def test_reparameterizable_networks_are_profiled_in_their_deployed_form(tmp_path):
+    """MobileOne's training-time branches fold into single convolutions for inference; profiled as trained,
+    its exits and network counted about four times the deployed parameters (without the classifier)."""
+    from timm.utils.model import reparameterize_model
+
+    from compact.profile.profiler import architecture_target, load_target, profile_models
+
+    # published (Vasu et al., MobileOne, CVPR 2023, Table 8): S0 has 2.1M parameters and 275M MACs at 224 px
+    (prof,) = profile_models([architecture_target("timm:mobileone_s0", (3, 224, 224), 1000)], latency=False)
+    assert prof["params"] == pytest.approx(2.1e6, rel=0.02) and prof["macs"] == pytest.approx(275e6, rel=0.01)
+    assert prof["inference_form"]["params_as_trained"] > 2 * prof["params"]
+    assert prof["inference_form"]["max_relative_diff"] < 1e-5
+
+    torch.manual_seed(0)
+    net = attach_exits(create_model("timm:mobileone_s0", num_classes=10), 3, input_size=(3, 32, 32)).eval()
+    info = ModelInfo(
+        "timm:mobileone_s0", 10, 3, [3, 32, 32], kind="multi-exit", exit_nodes=net.exit_nodes, head=net.head_type
+    )
+    save_model(net, tmp_path / "net.safetensors", info)
+    export_output(net, info, 0, tmp_path / "exit0.safetensors")
+    node = net.exit_nodes[0]
+    assert node == "stages.1"
+    # by hand: the folded backbone's stem and first two stages, plus the exit's head
+    folded = reparameterize_model(net.backbone)
+    expected = sum(p.numel() for m in (folded.stem, folded.stages[0], folded.stages[1]) for p in m.parameters())
+    expected += sum(p.numel() for p in net.heads[0].parameters())
+    from_run, from_file = profile_models(
+        [load_target(tmp_path / "net.safetensors", "0"), load_target(tmp_path / "exit0.safetensors")], latency=False
+    )
+    for p in (from_run, from_file):
+        assert p["params"] == expected < net.output_param_counts()[0] == p["inference_form"]["params_as_trained"]
+    assert from_run["macs"] == from_file["macs"]
+
+    (plain,) = profile_models([architecture_target("cifar_resnet20", (3, 32, 32))], latency=False)
+    assert "inference_form" not in plain and plain["params"] == pytest.approx(0.27e6, rel=0.01)

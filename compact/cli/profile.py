@@ -104,6 +104,12 @@ def _print(profiles: list[dict], batches: list[int]) -> None:
         if p["skipped_ops"]:
             skipped = ", ".join(f"{k} x{v}" for k, v in sorted(p["skipped_ops"].items()))
             print(f"{p['model']}: fvcore skipped (not in MACs): {skipped}")
+        if p.get("inference_form"):
+            f = p["inference_form"]
+            print(
+                f"{p['model']}: profiled in its inference form: {f['folded_layers']} layer(s) folded "
+                f"({f['params_as_trained']:,} parameters as trained; outputs equal within {f['max_relative_diff']:.1e})"
+            )
         for warning in p.get("warnings", []):
             print(f"warning: {p['model']}: {warning}", file=sys.stderr)
         if "onnx" in p:

@@ -8,10 +8,11 @@ run (``profile.json`` / ``profile-exit<k>.json``), so that reports never re-meas
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 from compact._atomic import write_text
 from compact.errors import CompactError
 from compact.profile.counting import count
+from compact.profile.deploy import inference_form
 from compact.profile.latency import time_interleaved
 from compact.profile.onnx_export import OPSET, export_onnx, ort_session, parity
 
@@ -39,6 +41,8 @@ class Target:
     input_size: list[int]
     profile_path: Path | None  # None: a model built by name, whose profile is not stored anywhere
     description: dict[str, Any]
+    #: for an exit model: makes an eager backbone of its architecture and sizes, to fold it for inference
+    exit_backbone: Callable[[], nn.Module] | None = None
 
 
 def display_name(path: Path) -> str:
@@ -80,21 +84,38 @@ def load_target(path: str | Path, exit: str | None = None) -> Target:
     else:
         raise CompactError(f"{path} does not exist")
     desc = {"source": str(path), "arch": info.arch, "kind": info.kind, "dataset": info.dataset}
+    exit_backbone = None
     if isinstance(module, MultiExitNet):
         i = exit_index(module, exit if exit is not None else "final")
         desc.update(output=i, depth=module.depths[i], node=([*module.exit_nodes, "final"])[i])
+        if i < module.num_outputs - 1:
+            exit_backbone = lambda net=module: copy.deepcopy(net.backbone)  # noqa: E731
         module = extract_exit(module, i)
         suffix = "" if exit is None else f"-exit{i}"
     elif exit is not None:
         raise CompactError(f"{path} is a single {info.kind} model; --exit applies to runs and multi-exit files")
     else:
         suffix = ""
+    if info.kind == "exit":
+        exit_backbone = lambda m=module: _eager_backbone(info, m)  # noqa: E731
     if path.is_dir():
         profile_path = path / f"profile{suffix}.json"
     else:
         profile_path = path.with_name(path.name.removesuffix(".safetensors") + f"{suffix}.profile.json")
     name = display_name(path) + (f"[exit {exit}]" if exit is not None else "")
-    return Target(name, module.eval().cpu(), list(info.input_size), profile_path, desc)
+    return Target(name, module.eval().cpu(), list(info.input_size), profile_path, desc, exit_backbone)
+
+
+def _eager_backbone(info: Any, exit_model: nn.Module) -> nn.Module:
+    """A fresh backbone of a stored exit model's architecture, resized to its trunk's weights (pruned) and
+    given its layers' stored attributes."""
+    from compact.modelfile import _conform
+    from compact.models import create_model
+
+    backbone = create_model(info.arch, num_classes=info.num_classes, in_chans=info.in_chans, **info.model_kwargs)
+    shapes = {k: tuple(v.shape) for k, v in exit_model.trunk.state_dict().items()}
+    _conform(backbone, shapes, exit_model.backbone_attrs)
+    return backbone
 
 
 def profile_models(
@@ -123,7 +144,8 @@ def profile_models(
     runners: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k, t in enumerate(targets):
-            c = count(t.module, t.input_size)
+            module, folded, fold_warnings = inference_form(t.module, t.input_size, t.exit_backbone)
+            c = count(module, t.input_size)
             prof: dict[str, Any] = {
                 "model": t.name,
                 **t.description,
@@ -135,16 +157,20 @@ def profile_models(
                 "macs_by_operator": c.by_operator,
                 "skipped_ops": c.skipped_ops,
             }
+            if folded:
+                prof["inference_form"] = folded
+            if fold_warnings:
+                prof["warnings"] = list(fold_warnings)
             session = None
             if onnx:
-                onnx_path = export_onnx(t.module, t.input_size, Path(tmp) / f"m{k}.onnx")
+                onnx_path = export_onnx(module, t.input_size, Path(tmp) / f"m{k}.onnx")
                 session = ort_session(onnx_path, threads)
-                diff = parity(t.module, session, t.input_size)
-                if not _depends_on_input(t.module, t.input_size):
-                    prof["warnings"] = [
+                diff = parity(module, session, t.input_size)
+                if not _depends_on_input(module, t.input_size):
+                    prof.setdefault("warnings", []).append(
                         "its output does not depend on its input (e.g. a feature map shrunk to nothing, or zeroed "
                         "weights): ONNX parity compares constants and proves little"
-                    ]
+                    )
                 if diff >= PARITY_LIMIT:
                     raise CompactError(
                         f"{t.name}: ONNX Runtime differs from PyTorch by {diff:.2e} (limit {PARITY_LIMIT})"
@@ -161,7 +187,7 @@ def profile_models(
             for b in batches:
                 x = torch.randn(b, *t.input_size, generator=torch.Generator().manual_seed(b))
                 if "pytorch" in runtimes:
-                    runners[f"{k}|pytorch|{b}"] = _torch_runner(t.module, x)
+                    runners[f"{k}|pytorch|{b}"] = _torch_runner(module, x)
                 if session is not None and "onnxruntime" in runtimes:
                     feed = {"input": x.numpy().astype(np.float32)}
                     runners[f"{k}|onnxruntime|{b}"] = lambda s=session, f=feed: s.run(None, f)

@@ -1,0 +1,100 @@
+"""The inference form of re-parameterizable networks, which is what their published costs describe.
+
+MobileOne, RepVGG, FastViT, RepViT, LeViT, TinyViT and other timm families train with parallel branches or
+separate convolution and BatchNorm layers that fold into one layer for inference (their ``reparameterize``,
+``fuse`` or ``switch_to_deploy`` methods). Profiled as trained, such a network counts the branches it will
+never run: MobileOne-S0 has about four times the parameters of its deployed form (without its classifier).
+:func:`inference_form` folds a copy of the network (timm's ``reparameterize_model``), checks that the
+folded copy computes the same outputs, and returns it for counting, export and timing.
+
+An exit model runs a traced (``torch.fx``) cut of its backbone whose graph calls the branches one by one,
+so it cannot be folded after the fact: :func:`fold_exit` loads the trunk's weights into an eager backbone of
+the same architecture, folds that and cuts it again at the exit's node.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+#: the methods timm's re-parameterizable layers provide
+METHODS = ("reparameterize", "fuse", "switch_to_deploy")
+#: the largest relative difference between the folded and the trained form's outputs that counts as equal
+MAX_FOLD_DIFF = 1e-3
+
+
+def foldable_layers(module: nn.Module) -> list[str]:
+    """Names of the layers under ``module`` that have an inference form."""
+    return [name for name, m in module.named_modules() if name and any(hasattr(m, a) for a in METHODS)]
+
+
+def fold_exit(exit_model: nn.Module, backbone: nn.Module) -> nn.Module:
+    """The exit model ``exit_model`` (an :class:`~compact.exits.standalone.ExitModel`) rebuilt on the folded
+    form of ``backbone``, an eager network of its architecture and sizes, into which the trunk's weights are
+    loaded first (``backbone`` is changed; layers past the exit keep whatever weights they had)."""
+    from timm.utils.model import reparameterize_model
+
+    from compact.exits.standalone import ExitModel, cut_backbone
+
+    unexpected = backbone.load_state_dict(exit_model.trunk.state_dict(), strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"the trunk has weights the backbone lacks: {unexpected[:3]}")
+    folded = reparameterize_model(backbone.eval(), inplace=True)
+    return ExitModel(cut_backbone(folded, exit_model.node), exit_model.node, copy.deepcopy(exit_model.head)).eval()
+
+
+@torch.no_grad()
+def inference_form(
+    module: nn.Module, input_size: Sequence[int], exit_backbone: Callable[[], nn.Module] | None = None
+) -> tuple[nn.Module, dict[str, Any] | None, list[str]]:
+    """``(module to profile, note, warnings)``: a folded copy of ``module`` with a note on what was folded
+    when it has foldable layers and the copy computes the same outputs; else ``module`` itself, with a
+    warning when it has foldable layers that could not be folded. An exit model is folded through
+    :func:`fold_exit` with the eager backbone that ``exit_backbone()`` makes."""
+    from timm.utils.model import reparameterize_model
+
+    backbone = exit_backbone() if exit_backbone is not None else None
+    layers = foldable_layers(module if backbone is None else backbone)
+    if backbone is not None:  # the layers the exit's trunk runs
+        used = [name for name, _ in module.trunk.named_modules() if name]
+        layers = [n for n in layers if any(u == n or u.startswith(n + ".") for u in used)]
+    if not layers:
+        return module, None, []
+    what = f"{len(layers)} layer(s) with an inference form (e.g. {layers[0]})"
+    if backbone is None and any(isinstance(m, torch.fx.GraphModule) for m in module.modules()):
+        return (
+            module,
+            None,
+            [
+                f"{what} sit in a traced exit, which cannot be folded: params, MACs and latency are those of the "
+                "training-time form, above the deployed network's"
+            ],
+        )
+    module = module.eval()
+    try:
+        folded = reparameterize_model(module).eval() if backbone is None else fold_exit(module, backbone)
+        x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+        before, after = module(x), folded(x)
+        diff = float((after - before).abs().max() / before.abs().max().clamp(min=1.0))
+    except Exception as exc:  # a family whose folding fails on this network: measure it as it is
+        return module, None, [f"{what}: folding them failed ({type(exc).__name__}); profiled as trained"]
+    if not diff <= MAX_FOLD_DIFF:
+        return (
+            module,
+            None,
+            [
+                f"{what}: the folded network differs from the trained one by {diff:.1e} (limit {MAX_FOLD_DIFF}); "
+                "profiled as trained"
+            ],
+        )
+    note = {
+        "folded_layers": len(layers),
+        "params_as_trained": sum(p.numel() for p in module.parameters()),
+        "max_relative_diff": diff,
+        "how": "timm reparameterize_model (branches and BatchNorm folded into single layers, as deployed)",
+    }
+    return folded, note, []
