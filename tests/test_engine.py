@@ -321,6 +321,25 @@ def test_a_soft_pruning_configuration_needs_its_callback(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_evaluation_refuses_logits_that_overflow_from_finite_weights():
+    """torchvision's GoogLeNet, one MW-BP step at lr 0.1: every weight finite, yet a convolution overflows
+    float32 in evaluation; the test error was computed from NaN logits (argmax of NaN) and reported."""
+    from compact import attach_exits
+    from compact.engine import evaluate
+    from compact.models import create_model
+
+    net = attach_exits(create_model("cifar_resnet20", in_chans=1), 3, input_size=(1, 28, 28))
+    with torch.no_grad():
+        net.backbone.layer3[0].conv1.weight.mul_(1e30)  # finite, but their products are not
+        net.backbone.layer3[0].conv2.weight.mul_(1e30)
+    assert all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point())
+    loader = [(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))]
+    with pytest.raises(TrainingDiverged, match=r"output 2 gives NaN or infinite logits for 4 of a batch of 4"):
+        evaluate(net, loader, torch.device("cpu"))
+    losses, errors = evaluate(net, loader, torch.device("cpu"), outputs=[True, True, False])  # the exits are fine
+    assert errors[2] is None and all(e is not None for e in errors[:2])
+
+
 def test_saving_non_finite_weights_says_so(tmp_path):
     from compact.modelfile import ModelInfo, save_model
     from compact.models import create_model

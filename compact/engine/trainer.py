@@ -275,6 +275,8 @@ def evaluate(
 
     A :class:`MultiExitNet` is evaluated at every output (one shared forward per batch), any other
     module at its single output. Entries are ``None`` where ``outputs`` (one flag per output) is False.
+    Logits that are NaN or infinite (weights that overflow: a diverged training) raise
+    :class:`TrainingDiverged` naming the output, rather than an error rate computed from them.
     """
     was_training = model.training
     model.eval()
@@ -288,6 +290,12 @@ def evaluate(
         if not loss_sum:
             loss_sum, wrong = [0.0] * len(logits_all), [0] * len(logits_all)
         for i, logits in enumerate(logits_all):
+            if (outputs is None or outputs[i]) and not bool(torch.isfinite(logits).all()):
+                bad = int((~torch.isfinite(logits)).any(1).sum())
+                raise TrainingDiverged(
+                    f"output {i} gives NaN or infinite logits for {bad} of a batch of {len(y)} test images (its "
+                    "weights overflow: the training diverged)"
+                )
             loss_sum[i] += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
             wrong[i] += (logits.argmax(1) != y).sum().item()
         seen += len(y)
@@ -577,13 +585,13 @@ def train(
                 average_buffers(net, d)  # one set of BatchNorm statistics for evaluation and the checkpoint
                 for cb in callbacks:
                     cb.after_train_epoch(ctx)  # SFP zeroes filters here; the guard checks every tensor
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    test_loss, test_err = evaluate(net, test_loader, device, trained, d)
+                else:  # --eval-every N: no evaluation this epoch
+                    test_loss = test_err = [None] * net.num_outputs
             except TrainingDiverged as exc:
                 kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
                 raise TrainingDiverged(f"{exc}; training stopped, {kept} in {out}; try a lower --lr") from None
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                test_loss, test_err = evaluate(net, test_loader, device, trained, d)
-            else:  # --eval-every N: no evaluation this epoch
-                test_loss = test_err = [None] * net.num_outputs
             verification = None
             if pairs is not None and test_err[0] is not None and d.is_main:
                 from compact.face.verification import verify_outputs
