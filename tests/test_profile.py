@@ -317,6 +317,12 @@ def test_reparameterizable_networks_are_profiled_in_their_deployed_form(tmp_path
     for p in (from_run, from_file):
         assert p["params"] == expected < net.output_param_counts()[0] == p["inference_form"]["params_as_trained"]
     assert from_run["macs"] == from_file["macs"]
+    # the cascade is cut from the folded network too: its static exit costs what the exit's profile says
+    from compact.cascade.export import export_cascade
+
+    manifest = export_cascade(net, info, tmp_path / "cascade")
+    assert manifest["static"][0]["macs"]["total"] == from_run["macs"]
+    assert manifest["inference_form"]["params_as_trained"] == sum(p.numel() for p in net.parameters())
 
     (plain,) = profile_models([architecture_target("cifar_resnet20", (3, 32, 32))], latency=False)
     assert "inference_form" not in plain and plain["params"] == pytest.approx(0.27e6, rel=0.01)

@@ -62,14 +62,16 @@ def export_cascade(net: nn.Module, info: Any, out: str | Path, overwrite: bool =
     if it holds a cascade.
     """
     from compact.exits.standalone import extract_exit
+    from compact.profile.deploy import fold_network
     from compact.profile.onnx_export import export_graph, ort_session
 
     out = Path(out)
     if out.exists() and not (overwrite and (out / MANIFEST).is_file()):
         hint = "pass --overwrite to replace it" if (out / MANIFEST).is_file() else "name a new folder"
         raise CompactError(f"{out} already exists ({hint})")
-    net = net.eval().cpu()
     size = [int(s) for s in info.input_size]
+    # counted and timed as deployed: re-parameterizable layers folded (compact.profile.deploy)
+    net, folded, fold_warnings = fold_network(net.eval().cpu(), size)
     cut = split(net)
     torch_diffs = check_segments(net, cut.segments, size)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +130,10 @@ def export_cascade(net: nn.Module, info: Any, out: str | Path, overwrite: bool =
             "segments": segments,
             "static": statics,
         }
+        if folded:
+            manifest["inference_form"] = folded
+        if fold_warnings:
+            manifest["warnings"] = fold_warnings
         _check_accounting(manifest, run_segments(cut.segments, x), expected)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():

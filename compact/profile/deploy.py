@@ -98,3 +98,41 @@ def inference_form(
         "how": "timm reparameterize_model (branches and BatchNorm folded into single layers, as deployed)",
     }
     return folded, note, []
+
+
+@torch.no_grad()
+def fold_network(net: nn.Module, input_size: Sequence[int]) -> tuple[nn.Module, dict[str, Any] | None, list[str]]:
+    """``(network, note, warnings)`` for a :class:`~compact.exits.MultiExitNet` ``net``: a copy whose backbone
+    is folded for inference, with the same exits and heads, when it has foldable layers and every output of
+    the copy equals ``net``'s; else ``net`` itself (with a warning when folding failed)."""
+    from timm.utils.model import reparameterize_model
+
+    from compact.exits import attach_exits
+
+    layers = foldable_layers(net.backbone)
+    if not layers:
+        return net, None, []
+    what = f"{len(layers)} layer(s) with an inference form (e.g. {layers[0]})"
+    net = net.eval()
+    try:
+        backbone = reparameterize_model(net.backbone).eval()
+        folded = attach_exits(backbone, nodes=list(net.exit_nodes), head=net.head_type, input_size=input_size,
+                              check=False)  # fmt: skip
+        folded.heads.load_state_dict(net.heads.state_dict())
+        folded.eval()
+        x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+        diff = max(
+            float((a - b).abs().max() / b.abs().max().clamp(min=1.0))
+            for a, b in zip(folded.forward_exits(x), net.forward_exits(x), strict=True)
+        )
+    except Exception as exc:  # a family whose folding fails on this network: keep it as it is
+        return net, None, [f"{what}: folding them failed ({type(exc).__name__}); kept as trained"]
+    if not diff <= MAX_FOLD_DIFF:
+        return net, None, [f"{what}: the folded network differs by {diff:.1e} (limit {MAX_FOLD_DIFF}); kept as trained"]
+    note = {
+        "folded_layers": len(layers),
+        "params_as_trained": sum(p.numel() for p in net.parameters()),
+        "max_relative_diff": diff,
+        "how": "timm reparameterize_model (branches and BatchNorm folded into single layers, as deployed)",
+    }
+    return folded, note, []
