@@ -252,6 +252,12 @@ def test_cascade_bad_input(resnet_cascade, tmp_path, capsys):
     (escaping / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(CompactError, match="plain .onnx name"):
         Cascade(escaping)
+    for key, value, message in (("source", "x", "source must be a mapping"), ("dataset", 3, "dataset must be a name")):
+        m = json.loads((folder / "manifest.json").read_text())
+        m[key] = value  # found by mutating every manifest field: an internal error (AttributeError)
+        (escaping / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(CompactError, match=message):
+            Cascade(escaping)
     (escaping / "manifest.json").write_text("{not json")
     assert main(["cascade", str(escaping), "--latency-images", "0"]) == 2
     assert "not valid JSON" in capsys.readouterr().err

@@ -164,6 +164,12 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise CompactError(f"{path}: input_size must be [C, H, W], got {size!r}")
     if not isinstance(m.get("num_classes"), int) or not 1 <= m["num_classes"] <= 100_000:
         raise CompactError(f"{path}: num_classes must be an integer in 1..100000")
+    if not isinstance(m.get("source", {}), dict):
+        got = f"{m['source']!r:.60}"
+        raise CompactError(f"{path}: source must be a mapping (the run the cascade was cut from), got {got}")
+    for key in ("arch", "dataset"):
+        if not isinstance(m.get(key), str | None):
+            raise CompactError(f"{path}: {key} must be a name, got {m[key]!r:.60}")
     for what, items in (("segment", segments), ("static", statics)):
         for i, s in enumerate(items):
             if not isinstance(s, dict):
