@@ -57,7 +57,10 @@ def inference_form(
     :func:`fold_exit` with the eager backbone that ``exit_backbone()`` makes."""
     from timm.utils.model import reparameterize_model
 
-    backbone = exit_backbone() if exit_backbone is not None else None
+    try:
+        backbone = exit_backbone() if exit_backbone is not None else None
+    except Exception as exc:  # e.g. a pruned trunk whose sizes a fresh backbone cannot take
+        return module, None, [f"its backbone could not be rebuilt to fold it for inference ({type(exc).__name__})"]
     layers = foldable_layers(module if backbone is None else backbone)
     if backbone is not None:  # the layers the exit's trunk runs
         used = [name for name, _ in module.trunk.named_modules() if name]

@@ -24,7 +24,7 @@ from torch import nn
 from compact._atomic import write_text
 from compact.errors import CompactError
 from compact.profile.counting import count
-from compact.profile.deploy import inference_form
+from compact.profile.deploy import foldable_layers, inference_form
 from compact.profile.latency import time_interleaved
 from compact.profile.onnx_export import OPSET, export_onnx, ort_session, parity
 
@@ -89,7 +89,7 @@ def load_target(path: str | Path, exit: str | None = None) -> Target:
         i = exit_index(module, exit if exit is not None else "final")
         desc.update(output=i, depth=module.depths[i], node=([*module.exit_nodes, "final"])[i])
         if i < module.num_outputs - 1:
-            exit_backbone = lambda net=module: copy.deepcopy(net.backbone)  # noqa: E731
+            exit_backbone = _copy_to_fold(module.backbone)
         module = extract_exit(module, i)
         suffix = "" if exit is None else f"-exit{i}"
     elif exit is not None:
@@ -104,6 +104,12 @@ def load_target(path: str | Path, exit: str | None = None) -> Target:
         profile_path = path.with_name(path.name.removesuffix(".safetensors") + f"{suffix}.profile.json")
     name = display_name(path) + (f"[exit {exit}]" if exit is not None else "")
     return Target(name, module.eval().cpu(), list(info.input_size), profile_path, desc, exit_backbone)
+
+
+def _copy_to_fold(backbone: nn.Module) -> Callable[[], nn.Module]:
+    """What makes the eager backbone to fold an exit of a multi-exit network: a copy of ``backbone`` when it
+    has foldable layers (folding loads weights into it), else ``backbone`` itself (nothing is folded)."""
+    return lambda: copy.deepcopy(backbone) if foldable_layers(backbone) else backbone
 
 
 def _eager_backbone(info: Any, exit_model: nn.Module) -> nn.Module:
