@@ -193,6 +193,14 @@ def test_untraceable_model_is_named():
         prunable_layers(TwoInputs(), SIZE, PRUNERS.get("l1"))
 
 
+def test_a_dependency_graph_that_does_not_match_the_layers_is_named():
+    """timm's EfficientViT (MIT) splits a convolution's output into attention heads by reshaping: torch-pruning
+    groups channel indices beyond the layer's size, which was an internal IndexError."""
+    model = create_model("timm:efficientvit_b0", num_classes=10, in_chans=3)
+    with pytest.raises(CompactError, match=r"dependency graph of EfficientVit does not match its layers .*qkv"):
+        prunable_layers(model, (3, 32, 32), PRUNERS.get("l1"))
+
+
 @needs_fmnist
 def test_prune_command_end_to_end(tmp_path, capsys):
     common = ["--subset", "128", "--test-subset", "64", "--batch-size", "64", "--no-progress"]

@@ -195,7 +195,14 @@ def prunable_layers(model: nn.Module, input_size: Sequence[int], method: PruneMe
         ignored_layers=never_pruned(model, input_size), root_module_types=[nn.Conv2d, nn.Linear]
     )
     for group in _traced("group the layers of", model, lambda: list(groups)):
-        imp = importance(group)
+        try:
+            imp = importance(group)
+        except (IndexError, RuntimeError) as exc:  # channel indices beyond the layer: a mis-tracked reshape
+            layer = names.get(group[0].dep.target.module, "?")
+            raise CompactError(
+                f"torch-pruning's dependency graph of {type(model).__name__} does not match its layers (the group of "
+                f"{layer}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}); it cannot be pruned"
+            ) from None
         if imp is None:
             continue
         out[names[group[0].dep.target.module]] = (imp / imp.mean().clamp_min(1e-12)).cpu()
