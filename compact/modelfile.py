@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,10 @@ def _load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], info: Mod
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
         )
+    # a safetensors file keeps no state-dict metadata; modules that read their version from it (torchvision's
+    # MNASNet refuses to load without one) get the versions of the code that rebuilt them
+    tensors = OrderedDict(tensors)
+    tensors._metadata = getattr(module.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     try:
         module.load_state_dict(tensors, strict=False)  # every stored key was checked above; constants stay
     except RuntimeError as exc:

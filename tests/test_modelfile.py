@@ -123,6 +123,18 @@ def test_pruned_model_is_stored_with_its_new_shapes(tmp_path):
     assert torch.equal(back(x), model.eval()(x))
 
 
+def test_a_network_that_reads_its_state_dict_version_round_trips(tmp_path):
+    """torchvision's MNASNet refuses a state dict without version metadata, which safetensors does not keep:
+    saving (its check reloads the file) and pruning it were internal errors."""
+    torch.manual_seed(0)
+    net = create_model("torchvision:mnasnet0_5", num_classes=10, in_chans=1).eval()
+    save_model(net, tmp_path / "m.safetensors", ModelInfo("torchvision:mnasnet0_5", 10, 1, [1, 32, 32]))
+    again, _ = load_model(tmp_path / "m.safetensors")
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), net(x))
+
+
 def test_a_change_the_format_cannot_describe_is_refused(tmp_path):
     info = ModelInfo("cifar_resnet20", 10, 1, list(SIZE))
     extra = extract_exit(_net(), -1)

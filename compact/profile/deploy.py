@@ -40,7 +40,9 @@ def fold_exit(exit_model: nn.Module, backbone: nn.Module) -> nn.Module:
 
     from compact.exits.standalone import ExitModel, cut_backbone
 
-    unexpected = backbone.load_state_dict(exit_model.trunk.state_dict(), strict=False).unexpected_keys
+    state = exit_model.trunk.state_dict()
+    state._metadata = getattr(backbone.state_dict(), "_metadata", None)  # the trunk's graph has other module paths
+    unexpected = backbone.load_state_dict(state, strict=False).unexpected_keys
     if unexpected:
         raise ValueError(f"the trunk has weights the backbone lacks: {unexpected[:3]}")
     folded = reparameterize_model(backbone.eval(), inplace=True)
