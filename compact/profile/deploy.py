@@ -27,6 +27,21 @@ METHODS = ("reparameterize", "fuse", "switch_to_deploy")
 MAX_FOLD_DIFF = 1e-3
 
 
+def _relative_diff(folded: torch.Tensor, trained: torch.Tensor) -> float:
+    """max |folded - trained| / max(1, max |trained|)."""
+    return float((folded - trained).abs().max() / trained.abs().max().clamp(min=1.0))
+
+
+def _note(layers: list[str], trained: nn.Module, diff: float) -> dict[str, Any]:
+    """What a profile or manifest records about a folded network."""
+    return {
+        "folded_layers": len(layers),
+        "params_as_trained": sum(p.numel() for p in trained.parameters()),
+        "max_relative_diff": diff,
+        "how": "timm reparameterize_model (branches and BatchNorm folded into single layers, as deployed)",
+    }
+
+
 def foldable_layers(module: nn.Module) -> list[str]:
     """Names of the layers under ``module`` that have an inference form."""
     return [name for name, m in module.named_modules() if name and any(hasattr(m, a) for a in METHODS)]
@@ -83,8 +98,7 @@ def inference_form(
     try:
         folded = reparameterize_model(module).eval() if backbone is None else fold_exit(module, backbone)
         x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
-        before, after = module(x), folded(x)
-        diff = float((after - before).abs().max() / before.abs().max().clamp(min=1.0))
+        diff = _relative_diff(folded(x), module(x))
     except Exception as exc:  # a family whose folding fails on this network: measure it as it is
         return module, None, [f"{what}: folding them failed ({type(exc).__name__}); profiled as trained"]
     if not diff <= MAX_FOLD_DIFF:
@@ -96,13 +110,7 @@ def inference_form(
                 "profiled as trained"
             ],
         )
-    note = {
-        "folded_layers": len(layers),
-        "params_as_trained": sum(p.numel() for p in module.parameters()),
-        "max_relative_diff": diff,
-        "how": "timm reparameterize_model (branches and BatchNorm folded into single layers, as deployed)",
-    }
-    return folded, note, []
+    return folded, _note(layers, module, diff), []
 
 
 @torch.no_grad()
@@ -126,18 +134,9 @@ def fold_network(net: nn.Module, input_size: Sequence[int]) -> tuple[nn.Module, 
         folded.heads.load_state_dict(net.heads.state_dict())
         folded.eval()
         x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
-        diff = max(
-            float((a - b).abs().max() / b.abs().max().clamp(min=1.0))
-            for a, b in zip(folded.forward_exits(x), net.forward_exits(x), strict=True)
-        )
+        diff = max(_relative_diff(a, b) for a, b in zip(folded.forward_exits(x), net.forward_exits(x), strict=True))
     except Exception as exc:  # a family whose folding fails on this network: keep it as it is
         return net, None, [f"{what}: folding them failed ({type(exc).__name__}); kept as trained"]
     if not diff <= MAX_FOLD_DIFF:
         return net, None, [f"{what}: the folded network differs by {diff:.1e} (limit {MAX_FOLD_DIFF}); kept as trained"]
-    note = {
-        "folded_layers": len(layers),
-        "params_as_trained": sum(p.numel() for p in net.parameters()),
-        "max_relative_diff": diff,
-        "how": "timm reparameterize_model (branches and BatchNorm folded into single layers, as deployed)",
-    }
-    return folded, note, []
+    return folded, _note(layers, net, diff), []
