@@ -47,6 +47,10 @@ def _with(change):
         (lambda r: r.update(seeds=[]), "seeds must be a list of 1..100 distinct integers"),
         (lambda r: r["data"].update(colour=1), "data: unknown key(s) colour"),
         (lambda r: r["entries"][2]["probe"].pop("of"), "probe needs 'of'"),
+        # a null, empty or mapping reference names no entry (these were internal KeyErrors)
+        (lambda r: r["entries"][2]["probe"].update(of=None), "refers to unknown entry None"),
+        (lambda r: r["entries"][2]["probe"].update(exits_like={}), "refers to unknown entry {}"),
+        (lambda r: r["entries"][4]["prune"].update(match=""), "refers to unknown entry ''"),
         # names become folder names: nothing that leaves the output folder
         (lambda r: r["entries"][4].update(name=".."), "entries[4].name must be a plain name"),
         (lambda r: r["entries"][4].update(name="a/b"), "entries[4].name must be a plain name"),

@@ -64,13 +64,15 @@ class Entry:
 
     def references(self) -> list[str]:
         """Names of the entries this one needs first."""
+        # every value given is a reference, whatever its type (a null, empty or mapping value is an unknown entry)
         if self.kind == "probe":
-            return [r for r in (self.spec["of"], self.spec.get("exits_like")) if r]
+            like = self.spec.get("exits_like")
+            return [self.spec["of"], *([like] if like is not None else [])]
         if self.kind == "cascade":
             return [self.spec["of"]]
         if self.kind == "prune":
             refs = [self.spec["from"]]
-            if self.spec.get("match"):
+            if self.spec.get("match") is not None:
                 refs.append(str(self.spec["match"]).split(":")[0])
             return refs
         return []
