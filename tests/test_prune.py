@@ -363,3 +363,71 @@ def test_pruning_that_would_change_the_output_is_an_error(monkeypatch):
     model = _ConvClassifier().eval()
     with pytest.raises(CompactError, match=r"changed its output from shape \(1, 10\) to \(1, 5\)"):
         prune_layers(model, SIZE, PRUNERS.get("l1"), {"classifier": 0.5}, PruneSettings(round_to=None))
+
+
+def _tiny_mobileone() -> nn.Module:
+    """A stem, a depthwise and a pointwise block of timm's MobileOne (both with parallel branches that fold
+    into one convolution each), pooling and a classifier."""
+    from timm.models.byobnet import MobileOneBlock
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        MobileOneBlock(16, 16, kernel_size=3, group_size=1, num_conv_branches=2),  # depthwise: groups = 16
+        MobileOneBlock(16, 32, kernel_size=1, num_conv_branches=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+    return _busy_bn(net, (3, 8, 8))
+
+
+def _folded_macs_by_hand(net: nn.Module) -> int:
+    """Conv+linear MACs of the tiny MobileOne folded, from its channel counts at 8x8: a 3x3 stem, one 3x3
+    depthwise and one 1x1 convolution (each block's branches merged), and the classifier."""
+    stem, dw, pw, fc = net[0], net[1].conv_kxk[0].conv, net[2].conv_kxk[0].conv, net[5]
+    return (
+        64 * (9 * 3 * stem.out_channels + 9 * dw.out_channels + pw.in_channels * pw.out_channels) + fc.in_features * 10
+    )
+
+
+def test_re_parameterizable_blocks_still_fold_after_pruning_and_targets_count_them_folded():
+    """torch-pruning resizes layers, not the sizes blocks keep beside them: timm's MobileOne kept groups = 16
+    after its depthwise convolution went to 8 channels and failed to fold (division by zero), so a pruned
+    MobileOne was counted, pruned and timed in its training form, with twice the branches it deploys."""
+    from timm.utils.model import reparameterize_model
+
+    from compact.profile.deploy import deployed_macs, inference_form
+    from compact.prune.job import Target, resolve_target
+
+    size = (3, 8, 8)
+    net = _tiny_mobileone()
+    full_folded = _folded_macs_by_hand(net)
+    assert deployed_macs(net, size) == full_folded < conv_linear_macs(net, size)  # the branches run as trained
+
+    pruned = prune_layers(copy.deepcopy(net), size, PRUNERS.get("l1"), {"0": 0.5}, PruneSettings(round_to=None))
+    assert pruned[1].conv_kxk[0].conv.groups == pruned[1].groups == 8
+    folded, note, warnings = inference_form(pruned, size)
+    assert warnings == [] and note["max_relative_diff"] < 1e-5
+    assert conv_linear_macs(folded, size) == _folded_macs_by_hand(pruned) == deployed_macs(pruned, size)
+
+    # the search and a ratio target aim at the deployed cost, not the training form's
+    goal = resolve_target(Target(ratio=0.5), net, size)
+    assert goal == round(0.5 * full_folded)
+    found = search_ratios(net, size, PRUNERS.get("l1"), goal, PruneSettings(round_to=None))
+    result = prune_layers(copy.deepcopy(net), size, PRUNERS.get("l1"), found.ratios, PruneSettings(round_to=None))
+    by_timm = conv_linear_macs(reparameterize_model(result), size)
+    assert by_timm == found.macs == _folded_macs_by_hand(result)
+    assert abs(by_timm / goal - 1) <= 0.03 and conv_linear_macs(result, size) > 1.3 * goal
+
+
+def test_soft_pruning_refreshes_the_sizes_of_re_parameterizable_blocks():
+    from compact.profile.deploy import inference_form
+
+    size = (3, 8, 8)
+    net = _tiny_mobileone()
+    soft = SoftFilterPruning({"0": 0.5}, size, round_to=None)
+    soft.zero(net)
+    soft.finalize(net)
+    assert net[1].groups == net[1].conv_kxk[0].conv.groups == 8
+    assert inference_form(net.eval(), size)[1]["max_relative_diff"] < 1e-5

@@ -6,6 +6,7 @@ separate convolution and BatchNorm layers that fold into one layer for inference
 never run: MobileOne-S0 has about four times the parameters of its deployed form (without its classifier).
 :func:`inference_form` folds a copy of the network (timm's ``reparameterize_model``), checks that the
 folded copy computes the same outputs, and returns it for counting, export and timing.
+:func:`deployed_macs` is the count that pruning aims at, so that a pruning target means the deployed cost.
 
 An exit model runs a traced (``torch.fx``) cut of its backbone whose graph calls the branches one by one,
 so it cannot be folded after the fact: :func:`fold_exit` loads the trunk's weights into an eager backbone of
@@ -140,3 +141,24 @@ def fold_network(net: nn.Module, input_size: Sequence[int]) -> tuple[nn.Module, 
     if not diff <= MAX_FOLD_DIFF:
         return net, None, [f"{what}: the folded network differs by {diff:.1e} (limit {MAX_FOLD_DIFF}); kept as trained"]
     return folded, _note(layers, net, diff), []
+
+
+def as_deployed(module: nn.Module, input_size: Sequence[int]) -> nn.Module:
+    """``module`` as it runs once deployed: its folded copy (:func:`inference_form`) when it has foldable
+    layers that fold to the same outputs, else ``module`` itself (a network that cannot be folded runs as
+    trained). ``module``'s train/eval mode is kept."""
+    if not foldable_layers(module):
+        return module
+    was_training = module.training
+    try:
+        return inference_form(module, input_size)[0]
+    finally:
+        module.train(was_training)
+
+
+def deployed_macs(module: nn.Module, input_size: Sequence[int]) -> int:
+    """Convolution and linear MACs of ``module`` as deployed (:func:`as_deployed`): the cost that pruning
+    targets aim at, so that a re-parameterizable network is not pruned to a count of branches it never runs."""
+    from compact.profile.counting import conv_linear_macs
+
+    return conv_linear_macs(as_deployed(module, input_size), input_size)

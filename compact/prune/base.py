@@ -31,7 +31,7 @@ from torch import nn
 
 from compact._registry import Registry
 from compact.errors import CompactError
-from compact.profile import conv_linear_macs
+from compact.profile.deploy import METHODS, deployed_macs
 from compact.prune.importance import FilterNorm, GeometricMedian
 
 ALLOCATIONS = ("uniform", "global")
@@ -269,7 +269,9 @@ def prune_layers(
         groups = _traced("prune", model, lambda: list(pruner.step(interactive=True)))
         model.train(was_training)
         return groups
+    links = block_size_links(model)
     _traced("prune", model, pruner.step)
+    refresh_block_sizes(links)
     after = _traced("run the pruned", model, lambda: _output_shape(model, input_size))
     if after != before:  # a coupled layer reached the output: never hand on a model that predicts otherwise
         raise CompactError(
@@ -278,6 +280,41 @@ def prune_layers(
         )
     model.train(was_training)
     return model
+
+
+#: plain integer attributes in which re-parameterizable blocks keep the sizes of their convolutions (timm's
+#: MobileOne: ``groups``; FastViT: ``in_chs``, ``out_chs``, ``groups``, ``dim``), read when they fold
+SIZE_ATTRS = ("in_chs", "out_chs", "in_channels", "out_channels", "dim", "groups")
+_CONV_SIZES = ("in_channels", "out_channels", "groups")
+
+
+def block_size_links(model: nn.Module) -> list[tuple[nn.Module, str, list[tuple[nn.Module, str]]]]:
+    """For every foldable block of ``model`` and every size attribute of it: the convolution sizes that hold
+    the same value (``(block, attribute, [(conv, size), ...])``), taken before pruning changes them."""
+    links = []
+    for block in model.modules():
+        if isinstance(block, nn.Conv2d) or not any(hasattr(block, a) for a in METHODS):
+            continue
+        convs = [c for c in block.modules() if isinstance(c, nn.Conv2d)]
+        for attr in SIZE_ATTRS:
+            value = getattr(block, attr, None)
+            if type(value) is int:
+                same = [(c, f) for c in convs for f in _CONV_SIZES if getattr(c, f) == value]
+                if same:
+                    links.append((block, attr, same))
+    return links
+
+
+def refresh_block_sizes(links: list[tuple[nn.Module, str, list[tuple[nn.Module, str]]]]) -> None:
+    """After pruning, give each linked size attribute (:func:`block_size_links`) the new value of its
+    convolutions when they all agree on one. torch-pruning resizes layers, not the attributes that blocks
+    keep beside them, and a block folds with those: a stale ``groups`` makes timm's MobileOne fail to fold
+    (division by zero). Whatever this leaves inconsistent is caught when the folded form is checked against
+    the trained one (:func:`compact.profile.deploy.inference_form`)."""
+    for block, attr, same in links:
+        values = {getattr(c, f) for c, f in same}
+        if len(values) == 1:
+            setattr(block, attr, values.pop())
 
 
 @dataclass
@@ -306,7 +343,8 @@ def search_ratios(
     refine: bool = True,
     close_enough: float = 0.005,
 ) -> SearchResult:
-    """Per-layer pruning ratios whose pruned copy of ``model`` has conv+linear MACs closest to ``target_macs``.
+    """Per-layer pruning ratios whose pruned copy of ``model`` has conv+linear MACs closest to ``target_macs``,
+    counted as deployed (:func:`compact.profile.deploy.deployed_macs`: a re-parameterizable network folded).
 
     First a bisection on the overall ratio (MACs fall as it grows; every probe prunes a copy and measures
     it). Channel rounding makes MACs a staircase, so the two ratios around the target are then mixed: the
@@ -315,7 +353,7 @@ def search_ratios(
     measures a copy, which takes seconds on large networks). Raises when the target is above the model's
     MACs, or not reachable within ``tolerance``.
     """
-    full = conv_linear_macs(model, input_size)
+    full = deployed_macs(model, input_size)
     if target_macs >= full:
         raise CompactError(f"target {target_macs:,} MACs is not below the model's {full:,} MACs")
     layers = prunable_layers(model, input_size, method)
@@ -323,7 +361,7 @@ def search_ratios(
 
     def measure(ratios: dict[str, float]) -> int:
         pruned = prune_layers(copy.deepcopy(model), input_size, method, ratios, settings)
-        macs = conv_linear_macs(pruned, input_size)
+        macs = deployed_macs(pruned, input_size)
         tried.append((macs, ratios))
         if abs(macs - target_macs) <= close_enough * target_macs:
             raise _CloseEnough

@@ -26,7 +26,8 @@ from compact._atomic import refuse_links, write_text
 from compact._jsonfile import read_json_object
 from compact.engine.distributed import barrier, from_env
 from compact.errors import CompactError
-from compact.profile import count
+from compact.profile import conv_linear_macs, count
+from compact.profile.deploy import as_deployed, deployed_macs, foldable_layers
 from compact.prune.base import PRUNERS, PruneSettings, parse_macs, prune_layers, search_ratios
 from compact.prune.pfec import pfec_ratios
 
@@ -99,32 +100,47 @@ class Target:
             self.macs = parse_macs(self.macs)
 
 
-def _module_of(path: Path) -> tuple[nn.Module, Any]:
-    """The module whose MACs a --match names: a model file's module, or a run's final network (no heads)."""
-    from compact.engine import open_run
-    from compact.modelfile import load_model
+def _deployed_macs_of(path: Path) -> int:
+    """Conv+linear MACs, as deployed, of what a --match names: a model file's module, or a run's final
+    network (no heads); a re-parameterizable network is counted folded, as its profile counts it."""
+    from compact.profile.deploy import inference_form
+    from compact.profile.profiler import load_target
 
-    if path.is_dir():
-        net, info = open_run(path).network()
-        return net.backbone, info
-    return load_model(path)
+    t = load_target(path)
+    module = inference_form(t.module, t.input_size, t.exit_backbone)[0]
+    return conv_linear_macs(module, t.input_size)
 
 
 def resolve_target(target: Target, source: nn.Module, input_size) -> int | None:
-    """Target conv+linear MACs (None for a recipe)."""
-    from compact.profile import conv_linear_macs
-
+    """Target conv+linear MACs (None for a recipe), counted as deployed (a re-parameterizable network folded)."""
     if target.recipe:
         return None
     if target.macs is not None:
         return int(target.macs)
     if target.ratio is not None:
-        return int(round(target.ratio * conv_linear_macs(source, input_size)))
+        return int(round(target.ratio * deployed_macs(source, input_size)))
     path = Path(target.match)
     if not path.exists():
         raise CompactError(f"--match {target.match} does not exist")
-    other, info = _module_of(path)
-    return conv_linear_macs(other, info.input_size)
+    return _deployed_macs_of(path)
+
+
+#: how prune.json's counts see a re-parameterizable network
+FOLDED = "folded for inference (re-parameterizable layers merged, as deployed)"
+
+
+def _counted_as(model: nn.Module, input_size, log) -> str:
+    """How ``model``'s MACs are counted (:func:`as_deployed`); logs why a foldable network could not fold."""
+    from compact.profile.deploy import inference_form
+
+    if not foldable_layers(model):
+        return "as trained (nothing to fold)"
+    was_training = model.training
+    _, note, warnings = inference_form(model, input_size)
+    model.train(was_training)
+    for w in warnings:
+        log(f"warning: {type(model).__name__}: {w}")
+    return FOLDED if note else "as trained (folding failed)"
 
 
 def _error(model: nn.Module, test_loader, device) -> float:
@@ -177,7 +193,7 @@ def prune_job(
     source = net.backbone.eval()
     size = list(data.input_size)
     _, test_loader = data.loaders(cfg.batch_size, cfg.seed, cfg.eval_batch_size)
-    before = count(source, size)
+    before = count(as_deployed(source, size), size)
     goal = resolve_target(target, source, size)
 
     t0 = time.perf_counter()
@@ -189,9 +205,11 @@ def prune_job(
         ratios, probes = found.ratios, found.probes
     search_s = time.perf_counter() - t0
     how = "the published recipe" if target.recipe else f"{probes} prune-and-measure probes"
+    counted_as = _counted_as(source, size, log)
     log(
         f"{method}: pruning {len(ratios)} layers of {cfg.model} towards {goal or before.macs_conv_linear:,} MACs "
         f"({search_s:.1f} s, {how}, to find the ratios)"
+        + ("; MACs are counted with the re-parameterizable layers folded, as deployed" if counted_as == FOLDED else "")
     )
 
     report: dict[str, Any] = {
@@ -204,6 +222,7 @@ def prune_job(
         "search_s": round(search_s, 2),
         "search_probes": None if target.recipe else probes,
         "before": {"params": before.params, "macs": before.macs, "macs_conv_linear": before.macs_conv_linear},
+        "counted_as": counted_as,
         "test_error_pct": {"source": _error(source, test_loader, device) if cfg.init_from else None},
         "finetune": finetune,
     }
@@ -271,7 +290,9 @@ def _write_report(out: Path, report: dict[str, Any], model_path: Path, test_load
     from compact.modelfile import load_model
 
     model, info = load_model(model_path)
-    after = count(model, info.input_size)
+    after = count(as_deployed(model, info.input_size), info.input_size)
+    if report.get("counted_as") == FOLDED and _counted_as(model, info.input_size, log) != FOLDED:
+        report["counted_as_after"] = "as trained: the pruned network no longer folds"
     b = report["before"]
     report["after"] = {"params": after.params, "macs": after.macs, "macs_conv_linear": after.macs_conv_linear}
     report["reduction"] = {k: round(1 - report["after"][k] / b[k], 4) for k in ("params", "macs", "macs_conv_linear")}

@@ -18,7 +18,14 @@ from torch import nn
 
 from compact.engine.callbacks import Callback, RunContext
 from compact.errors import CompactError
-from compact.prune.base import PRUNERS, PruneSettings, dependency_graph_for, prune_layers
+from compact.prune.base import (
+    PRUNERS,
+    PruneSettings,
+    block_size_links,
+    dependency_graph_for,
+    prune_layers,
+    refresh_block_sizes,
+)
 
 # the parts of a group whose outputs are the removed channels: zeroing them makes those channels zero
 _OUT_FNS = {
@@ -105,10 +112,12 @@ class SoftFilterPruning(Callback):
         modules = dict(model.named_modules())
         was_training = model.training
         model.eval()
+        links = block_size_links(model)
         for name, idxs in self.zeroed.items():
             layer = modules[name]
             fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
             graph.get_pruning_group(layer, fn, idxs=list(idxs)).prune()
+        refresh_block_sizes(links)
         model.train(was_training)
         return model
 
