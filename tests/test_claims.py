@@ -108,6 +108,11 @@ DEMO = {
         ([{"kind": "final", "mwbp": "l1", "against": ["std"]}], "mwbp must name a trained entry"),
         ([{"kind": "final", "mwbp": "mwbp", "against": []}], "against must be a non-empty list"),
         ({"kind": "final"}, "claims must be a list"),
+        # found by mutation fuzzing: unhashable kinds and non-text keys were internal TypeErrors
+        ([{"kind": {}, "mwbp": "mwbp", "against": ["std"]}], r"kind must be one of .* got \{\}"),
+        ([{"kind": "final", "mwbp": "mwbp", "against": ["std"], 3: "x", "y": 1}], r"unknown key\(s\) 3, y"),
+        ([{"kind": "final", "mwbp": "mwbp", "against": ["std"], "note": "a\n| b"}], "note must be one line"),
+        ([{"kind": "final", "mwbp": "mwbp", "against": ["std"], "table": "T\n7"}], "table names the paper's"),
     ],
 )
 def test_recipe_claims_are_validated(claims, message):

@@ -53,13 +53,11 @@ def check_claims(raw: Any, entries: dict[str, Any], where: str) -> list[dict[str
         at = f"{where}: claims[{i}]"
         if not isinstance(c, dict):
             raise CompactError(f"{at} must be a mapping with kind, mwbp and against")
-        unknown = sorted(set(c) - CLAIM_KEYS)
+        unknown = sorted(map(str, set(c) - CLAIM_KEYS))
         if unknown:
-            raise CompactError(
-                f"{at}: unknown key(s) {', '.join(map(str, unknown))}; valid: {', '.join(sorted(CLAIM_KEYS))}"
-            )
+            raise CompactError(f"{at}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(CLAIM_KEYS))}")
         kind = c.get("kind")
-        if kind not in CLAIM_KINDS:
+        if not isinstance(kind, str) or kind not in CLAIM_KINDS:
             raise CompactError(f"{at}: kind must be one of {', '.join(CLAIM_KINDS)}, got {kind!r}")
         mwbp, against = c.get("mwbp"), c.get("against")
         if not isinstance(against, list) or not against:
@@ -85,11 +83,12 @@ def check_claims(raw: Any, entries: dict[str, Any], where: str) -> list[dict[str
             if kind != "pruned" and kind_of == "prune":
                 raise CompactError(f"{at}: a '{kind}' claim compares networks with exits; {name!r} is a pruned entry")
         table = c.get("table", CLAIM_KINDS[kind][0])
-        if not isinstance(table, str) or not 0 < len(table) <= 40:
+        if not isinstance(table, str) or not 0 < len(table) <= 40 or not table.isprintable():
             raise CompactError(f"{at}: table names the paper's table in a few words (e.g. 'Table 7'), got {table!r}")
         note = c.get("note", "")
-        if not isinstance(note, str) or len(note) > 300:
-            raise CompactError(f"{at}: note must be a text of at most 300 characters")
+        if not isinstance(note, str) or len(note) > 300 or not note.isprintable():
+            # a note is a line of the report's Markdown: one line
+            raise CompactError(f"{at}: note must be one line of at most 300 characters")
         claims.append({"kind": kind, "mwbp": mwbp, "against": list(against), "note": note, "table": table})
     return claims
 
