@@ -9,6 +9,9 @@ from typing import Any
 #: the largest seed compact takes (options, recipes, files): seeds reach NumPy and torch generators, which
 #: take 32 or 64 bits
 MAX_SEED = 2**31 - 1
+#: the most epochs a run may ask for, far beyond any published schedule (a larger number is a typo, and a run
+#: of it would never end)
+MAX_EPOCHS = 100_000
 
 
 def is_number(value: Any) -> bool:

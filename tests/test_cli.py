@@ -72,6 +72,11 @@ def test_exits_json_for_resnet56(capsys):
         (["profile", "cifar_resnet20", "--no-latency", "--threads", "100000"], "--threads must be in 1..1024"),
         (["profile", "cifar_resnet20", "--rounds", "100001"], "--rounds must be an integer in 1..10000"),
         (["train", "--model", "cifar_resnet20", "--out", "never-made", "--workers", "100000"], "workers must be an"),
+        # a run of 10^30 epochs started and would never have ended
+        (
+            ["train", "--model", "cifar_resnet20", "--out", "never-made", "--epochs", str(10**30)],
+            "epochs must be an integer in 1..100000, got 1",
+        ),
         (
             ["train", "--model", "cifar_resnet20", "--out", "never-made", "--seed", str(2**64)],
             "seed must be an integer in 0..2147483647",

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from compact._numbers import MAX_SEED, is_finite_number
+from compact._numbers import MAX_EPOCHS, MAX_SEED, is_finite_number
 from compact._resources import resolve
 from compact._yaml import read_yaml_file
 from compact.errors import CompactError
@@ -103,10 +103,10 @@ class TrainConfig:
         if not self.model:
             raise CompactError("no model given: set --model (e.g. cifar_resnet56, timm:resnet18)")
         _check_types(self)
-        _check_int(self, "epochs", 1)
+        _check_int(self, "epochs", 1, MAX_EPOCHS)
         _check_int(self, "batch_size", 1)
         _check_int(self, "eval_batch_size", 1)
-        _check_int(self, "eval_every", 1)
+        _check_int(self, "eval_every", 1, MAX_EPOCHS)
         if self.loss not in LOSSES:
             raise CompactError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for key in ("loss_scale", "loss_margin"):
