@@ -108,6 +108,8 @@ DEMO = {
         ([{"kind": "final", "mwbp": "l1", "against": ["std"]}], "mwbp must name a trained entry"),
         ([{"kind": "final", "mwbp": "mwbp", "against": []}], "against must be a non-empty list"),
         ({"kind": "final"}, "claims must be a list"),
+        ([{"kind": "final", "mwbp": "mwbp", "against": ["std", "mwbp"]}], "the entry it is compared with"),
+        ([{"kind": "final", "mwbp": "mwbp", "against": ["std", "std"]}], "names an entry twice"),
         # found by mutation fuzzing: unhashable kinds and non-text keys were internal TypeErrors
         ([{"kind": {}, "mwbp": "mwbp", "against": ["std"]}], r"kind must be one of .* got \{\}"),
         ([{"kind": "final", "mwbp": "mwbp", "against": ["std"], 3: "x", "y": 1}], r"unknown key\(s\) 3, y"),

@@ -68,6 +68,10 @@ def check_claims(raw: Any, entries: dict[str, Any], where: str) -> list[dict[str
                     f"{at} names entry {name!r}, which the recipe does not define; "
                     f"entries: {', '.join(sorted(entries))}"
                 )
+        if mwbp in against:
+            raise CompactError(f"{at}: against names {mwbp!r}, the entry it is compared with; name other entries")
+        if len(set(against)) != len(against):
+            raise CompactError(f"{at}: against names an entry twice: {against}")
         if entries[mwbp].kind != "train":
             raise CompactError(f"{at}: mwbp must name a trained entry, {mwbp!r} is a {entries[mwbp].kind} entry")
         for name in against:
