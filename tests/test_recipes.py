@@ -571,6 +571,9 @@ def test_a_damaged_cascade_study_is_a_clear_report_error(demo_run, tmp_path, cap
             "(epoch 1) has 4 test errors for 3 outputs",
         ),  # fmt: skip
         ("standard/seed0/metrics.jsonl", lambda t: "", "a finished run has no epochs"),
+        # an output index beyond the outputs was an internal IndexError; a repeated one would merge two outputs
+        ("mwbp/seed0/summary.json", lambda t: t.replace('"output": 0', f'"output": {10**30}', 1), "index in 0..2"),
+        ("mwbp/seed0/summary.json", lambda t: t.replace('"output": 1', '"output": 0', 1), "its own 'output' index"),
         (
             "mwbp/seed0/exports/output0.profile.json",
             lambda t: t.replace('"macs": ', '"macs": -', 1),

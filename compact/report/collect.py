@@ -214,10 +214,14 @@ def collect(run: Path) -> RunResults:
             summary = read_json_object(path)
             outputs = _field(summary, "outputs", path, list)
             method = _field(summary, "method", path, str)
+            seen: set[int] = set()
             for row in outputs:
-                if not isinstance(row, dict) or not isinstance(row.get("output"), int):
-                    raise CompactError(f"{path} is damaged: every output needs an 'output' index")
-                k = row["output"]
+                k = row.get("output") if isinstance(row, dict) else None
+                if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(outputs) or k in seen:
+                    raise CompactError(
+                        f"{path} is damaged: every output needs its own 'output' index in 0..{len(outputs) - 1}"
+                    )
+                seen.add(k)
                 if row.get("test_error_pct") is None:
                     continue  # an output the method does not train (standard BP's heads)
                 depth = row.get("depth") if isinstance(row.get("depth"), int) else None
