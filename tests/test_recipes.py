@@ -538,6 +538,14 @@ def test_compact_recipes_validates_a_users_file(tmp_path, capsys):
         lambda s: s["rows"][0].update(exit_share=[1.0]),
         lambda s: s["static"][0].update(latency_ms_per_image={"one": 1.0}),
         lambda s: s.pop("rule"),
+        # the fields the report prints were read unchecked (internal TypeErrors and KeyErrors, found by fuzzing)
+        lambda s: s.update(test_images=None),
+        lambda s: s.pop("exit_macs"),
+        lambda s: s.update(exit_macs=s["exit_macs"][:-1]),  # one exit cost short of the share columns
+        lambda s: s.update(rule="maxprob\n| x"),
+        lambda s: s.update(latency={"images": 4, "rounds": "one", "batches": [1]}),
+        lambda s: s.update(temperatures=[1.0, float("nan")]),
+        lambda s: s.update(operating_point={"threshold": 0.5, "target_error_pct": 10}),
     ],
 )
 def test_a_damaged_cascade_study_is_a_clear_report_error(demo_run, tmp_path, capsys, damage):

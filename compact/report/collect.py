@@ -154,6 +154,58 @@ def _check_study(result: dict[str, Any], path: Path) -> None:
             )
         if not ok:
             raise CompactError(f"{path} is damaged or from another version: a sweep or static row is malformed")
+    _check_study_fields(result, path, width)
+
+
+def _count(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_study_fields(result: dict[str, Any], path: Path, width: int | None) -> None:
+    """The study's other fields that the report prints: one exit cost per share column, counts, the timing
+    settings and the operating point."""
+    from compact.cascade.runtime import RULES
+
+    def damaged(what: str) -> CompactError:
+        return CompactError(f"{path} is damaged or from another version: {what}")
+
+    if result["rule"] not in RULES:
+        raise damaged(f"'rule' must be one of {', '.join(RULES)}")
+    macs = result.get("exit_macs")
+    if not isinstance(macs, list) or len(macs) != width or not all(_count(v) for v in macs):
+        raise damaged("'exit_macs' must give one MAC count per exit of the sweep")
+    if not _count(result.get("test_images"), 1):
+        raise damaged("'test_images' must be a positive count")
+    temps = result.get("temperatures")
+    if temps is not None and not (isinstance(temps, list) and all(is_finite_number(t) and t > 0 for t in temps)):
+        raise damaged("'temperatures' must be null or a list of positive numbers")
+    lat = result.get("latency")
+    if lat is not None and not (
+        isinstance(lat, dict)
+        and _count(lat.get("images"), 1)
+        and _count(lat.get("rounds"), 1)
+        and isinstance(lat.get("batches"), list)
+        and all(_count(b, 1) for b in lat["batches"])
+    ):
+        raise damaged("'latency' must give the timed images, rounds and batch sizes")
+    op = result.get("operating_point")
+    if op is None:
+        return
+
+    def point(p: Any) -> bool:
+        return isinstance(p, dict) and is_finite_number(p.get("error_pct")) and is_finite_number(p.get("mean_macs"))
+
+    goals = [op.get(k) for k in ("target_error_pct", "budget_macs")] if isinstance(op, dict) else []
+    if not (
+        isinstance(op, dict)
+        and is_finite_number(op.get("threshold"))
+        and sum(is_finite_number(g) for g in goals) == 1
+        and all(g is None or is_finite_number(g) for g in goals)
+        and point(op.get("validation"))
+        and point(op.get("test"))
+        and _count(result.get("validation_images"), 1)
+    ):
+        raise damaged("'operating_point' must give its goal, threshold, and validation and test figures")
 
 
 def _add_error(m: Model, value: Any, seed: int, failed: list[str]) -> None:
