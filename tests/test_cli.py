@@ -152,7 +152,7 @@ def test_train_mwbp_eval_export_from_the_command_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--epochs", "0"], "epochs must be an integer >= 1, got 0"),
+        (["--epochs", "0"], "epochs must be an integer in 1..100000, got 0"),
         (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
         (["--lr", "0"], "lr must be a number in (0, 10000], got 0.0"),
         (["--lr", "1e308"], "lr must be a number in (0, 10000], got 1e+308"),

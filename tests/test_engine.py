@@ -139,7 +139,7 @@ def test_learning_rate_schedule_is_the_papers():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"epochs": 0}, "epochs must be an integer in 1..100000"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1"),
         ({"lr": 0.0}, r"lr must be a number in \(0, 10000\]"),
         ({"lr": -0.1}, r"lr must be a number in \(0, 10000\]"),

@@ -78,7 +78,7 @@ def _with(change):
         (lambda r: r["entries"][5]["prune"].update({"from": "deep-l1"}), "is a pruned one"),
         (lambda r: r["entries"][4]["prune"].update(target_macs="1e400", match=None), "MACs target must lie in"),
         (lambda r: r["entries"][4]["prune"].update(round_to=0), "round_to must be an integer in 1..1024"),
-        (lambda r: r["entries"][4]["prune"].update(finetune={"epochs": 0}), "epochs must be an integer >= 1"),
+        (lambda r: r["entries"][4]["prune"].update(finetune={"epochs": 0}), "epochs must be an integer in 1..100000"),
         # downloading writes into the folder the recipe names: only the user asks for it (compact run --download)
         (lambda r: r["data"].update(download=True, data_dir="/somewhere"), "data: a recipe cannot ask to download"),
         (lambda r: r["entries"][0]["train"].update(download=True), "'mwbp': train: a recipe cannot ask to download"),
