@@ -27,7 +27,7 @@ from compact._jsonfile import read_json_object
 from compact.engine.distributed import barrier, from_env
 from compact.errors import CompactError
 from compact.profile import conv_linear_macs, count
-from compact.profile.deploy import as_deployed, deployed_macs, foldable_layers
+from compact.profile.deploy import deployed_macs, foldable_layers
 from compact.prune.base import PRUNERS, PruneSettings, parse_macs, prune_layers, search_ratios
 from compact.prune.pfec import pfec_ratios
 
@@ -129,18 +129,19 @@ def resolve_target(target: Target, source: nn.Module, input_size) -> int | None:
 FOLDED = "folded for inference (re-parameterizable layers merged, as deployed)"
 
 
-def _counted_as(model: nn.Module, input_size, log) -> str:
-    """How ``model``'s MACs are counted (:func:`as_deployed`); logs why a foldable network could not fold."""
+def _deployed(model: nn.Module, input_size, log) -> tuple[nn.Module, str]:
+    """``model`` as deployed (:func:`compact.profile.deploy.as_deployed`, folded once) and how its MACs are
+    therefore counted; logs why a foldable network could not fold. ``model``'s train/eval mode is kept."""
     from compact.profile.deploy import inference_form
 
     if not foldable_layers(model):
-        return "as trained (nothing to fold)"
+        return model, "as trained (nothing to fold)"
     was_training = model.training
-    _, note, warnings = inference_form(model, input_size)
+    deployed, note, warnings = inference_form(model, input_size)
     model.train(was_training)
     for w in warnings:
         log(f"warning: {type(model).__name__}: {w}")
-    return FOLDED if note else "as trained (folding failed)"
+    return deployed, (FOLDED if note else "as trained (folding failed)")
 
 
 def _error(model: nn.Module, test_loader, device) -> float:
@@ -193,7 +194,8 @@ def prune_job(
     source = net.backbone.eval()
     size = list(data.input_size)
     _, test_loader = data.loaders(cfg.batch_size, cfg.seed, cfg.eval_batch_size)
-    before = count(as_deployed(source, size), size)
+    deployed_source, counted_as = _deployed(source, size, log)
+    before = count(deployed_source, size)
     goal = resolve_target(target, source, size)
 
     t0 = time.perf_counter()
@@ -205,7 +207,6 @@ def prune_job(
         ratios, probes = found.ratios, found.probes
     search_s = time.perf_counter() - t0
     how = "the published recipe" if target.recipe else f"{probes} prune-and-measure probes"
-    counted_as = _counted_as(source, size, log)
     log(
         f"{method}: pruning {len(ratios)} layers of {cfg.model} towards {goal or before.macs_conv_linear:,} MACs "
         f"({search_s:.1f} s, {how}, to find the ratios)"
@@ -290,8 +291,9 @@ def _write_report(out: Path, report: dict[str, Any], model_path: Path, test_load
     from compact.modelfile import load_model
 
     model, info = load_model(model_path)
-    after = count(as_deployed(model, info.input_size), info.input_size)
-    if report.get("counted_as") == FOLDED and _counted_as(model, info.input_size, log) != FOLDED:
+    deployed, counted_as = _deployed(model, info.input_size, log)
+    after = count(deployed, info.input_size)
+    if report.get("counted_as") == FOLDED and counted_as != FOLDED:
         report["counted_as_after"] = "as trained: the pruned network no longer folds"
     b = report["before"]
     report["after"] = {"params": after.params, "macs": after.macs, "macs_conv_linear": after.macs_conv_linear}
