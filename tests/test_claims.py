@@ -88,6 +88,17 @@ def test_claims_compare_exits_of_equal_depth_and_pruned_models_at_matched_latenc
     assert pruned["sfp"]["verdict"] == "holds"
 
 
+def test_latency_over_seeds_is_the_median_so_one_slow_seed_does_not_unmatch():
+    # one seed of l1 timed in a slow phase of the machine (2.0 ms): the mean (1.37) would call the pair
+    # unmatched; the median (1.05) is within 10% of MW-BP's 1.0 ms
+    a = _model("mwbp", None, 1, None, [10.0, 10.5, 10.2], latency={"onnxruntime/1": [1.0, 0.98, 1.01]})
+    b = _model("l1", None, 1, None, [10.0, 10.5, 10.2], kind="prune", latency={"onnxruntime/1": [1.05, 2.0, 1.04]})
+    assert b.latency_ms("onnxruntime/1") == 1.05 and b.latency_ms("pytorch/1") is None
+    (row,) = evaluate_claims([{"kind": "pruned", "mwbp": "mwbp", "against": ["l1"]}], [a, b])
+    assert row["latency_matched"] is True and "1.000 vs 1.050 ms (-5%)" in row["latency_note"]
+    assert b.summary()["latency_ms_onnxruntime_b1"] == 1.05
+
+
 DEMO = {
     "name": "d",
     "entries": [

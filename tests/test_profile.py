@@ -177,6 +177,48 @@ def test_interleaved_timing_orders_and_spreads():
     assert t["slow"].p10_ms <= t["slow"].median_ms <= t["slow"].p90_ms and len(t["slow"].samples_ms) == 5
 
 
+def test_interleaved_timing_settles_and_primes_before_each_block():
+    # a candidate whose first call after an idle spell is slow (a pool of threads waking up); each block of
+    # timed calls follows another candidate's block
+    last = [0.0]
+
+    def cold_start():
+        if time.perf_counter() - last[0] > 0.002:
+            time.sleep(0.006)
+        last[0] = time.perf_counter()
+
+    other = lambda: time.sleep(0.003)  # noqa: E731
+    primed = time_interleaved({"cold": cold_start, "other": other}, rounds=5, repeats=2, warmup=1, settle_ms=5)
+    assert primed["cold"].median_ms < 1.5  # the untimed call after the pause took the wake-up
+    raw = time_interleaved({"cold": cold_start, "other": other}, rounds=5, repeats=2, warmup=1, settle_ms=0)
+    assert raw["cold"].median_ms > 2.5  # back to back, the first timed call of every block wakes it
+    with pytest.raises(ValueError, match="settle_ms"):
+        time_interleaved({"cold": cold_start}, settle_ms=-1)
+
+
+def test_each_runtime_is_timed_in_its_own_interleaved_session(monkeypatch):
+    import compact.profile.profiler as profiler
+    from compact.profile.profiler import architecture_target, profile_models
+
+    sessions = []
+    real = profiler.time_interleaved
+
+    def spy(candidates, **kw):
+        sessions.append(sorted(candidates))
+        return real(candidates, **kw)
+
+    monkeypatch.setattr(profiler, "time_interleaved", spy)
+    targets = [architecture_target("cifar_resnet20", (1, 8, 8)), architecture_target("cifar_resnet32", (1, 8, 8))]
+    profs = profile_models(targets, onnx=True, batches=(1, 2), rounds=1, repeats=1)
+    assert sessions == [
+        ["0|onnxruntime|1", "0|onnxruntime|2", "1|onnxruntime|1", "1|onnxruntime|2"],
+        ["0|pytorch|1", "0|pytorch|2", "1|pytorch|1", "1|pytorch|2"],
+    ]
+    for prof in profs:
+        assert set(prof["latency_ms"]) == {"onnxruntime", "pytorch"} and set(prof["latency_ms"]["pytorch"]) == {"1", "2"}
+        assert "own interleaved session" in prof["settings"]["timing"]
+
+
 def test_profile_command_writes_json_next_to_the_model(tmp_path, capsys):
     torch.manual_seed(0)
     net = attach_exits(create_model("cifar_resnet20", in_chans=1), 3, input_size=(1, 28, 28)).eval()

@@ -5,6 +5,13 @@ in each round every candidate runs ``repeats`` times back to back and the mean t
 sample. Candidates are interleaved within a round, in an order that rotates every round, so slow phases
 of the machine hit all of them alike. Reported: the median of the samples and their 10th-90th percentile
 spread.
+
+Before each timed block the harness pauses ``settle_ms`` and makes one untimed call. Runtimes keep worker
+threads spinning for a while after a call (ONNX Runtime's intra-op pool, OpenMP); without the pause those
+threads take the cores from the next candidate, and the call that wakes a pool is slower than the steady
+state. Measured on the 2-core machine of profiles/fmnist-converged (2026-12-01): a ResNet-20 exit of 0.54 ms
+alone in PyTorch took 2.8 ms when interleaved with spinning ONNX Runtime sessions. The pause does not stop
+that for every pair of runtimes, so time different runtimes in separate calls (as ``profile_models`` does).
 """
 
 from __future__ import annotations
@@ -40,11 +47,18 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 def time_interleaved(
-    candidates: dict[str, Callable[[], object]], rounds: int = 15, repeats: int = 5, warmup: int = 3
+    candidates: dict[str, Callable[[], object]],
+    rounds: int = 15,
+    repeats: int = 5,
+    warmup: int = 3,
+    settle_ms: float = 10.0,
 ) -> dict[str, Timing]:
-    """Milliseconds per call of each candidate (see the module docstring)."""
+    """Milliseconds per call of each candidate (see the module docstring); ``settle_ms`` = 0 times the
+    candidates back to back, with no pause and no untimed call before each block."""
     if rounds < 1 or repeats < 1:
         raise ValueError("rounds and repeats must be >= 1")
+    if not settle_ms >= 0:
+        raise ValueError(f"settle_ms must be >= 0, got {settle_ms}")
     names = list(candidates)
     for name in names:
         for _ in range(warmup):
@@ -54,6 +68,9 @@ def time_interleaved(
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fn = candidates[name]
+            if settle_ms:
+                time.sleep(settle_ms / 1000)
+                fn()
             start = time.perf_counter()
             for _ in range(repeats):
                 fn()

@@ -199,10 +199,15 @@ def profile_models(
                     runners[f"{k}|onnxruntime|{b}"] = lambda s=session, f=feed: s.run(None, f)
             profiles.append(prof)
         if latency and runners:
-            timings = time_interleaved(runners, rounds=rounds, repeats=repeats)
-            for key, timing in timings.items():
-                k, runtime, b = key.split("|")
-                profiles[int(k)].setdefault("latency_ms", {}).setdefault(runtime, {})[b] = timing.to_dict()
+            # one interleaved session per runtime: ONNX Runtime's spinning workers would otherwise slow the
+            # PyTorch calls that follow them (see compact.profile.latency)
+            for runtime in runtimes:
+                phase = {key: fn for key, fn in runners.items() if key.split("|")[1] == runtime}
+                if not phase:
+                    continue
+                for key, timing in time_interleaved(phase, rounds=rounds, repeats=repeats).items():
+                    k, _, b = key.split("|")
+                    profiles[int(k)].setdefault("latency_ms", {}).setdefault(runtime, {})[b] = timing.to_dict()
     settings = {
         "threads": torch.get_num_threads(),
         "batches": list(batches),
@@ -212,6 +217,8 @@ def profile_models(
         if onnx
         else None,
         "interleaved": [t.name for t in targets],
+        "timing": "each runtime in its own interleaved session; 10 ms pause and one untimed call before each "
+        "timed block",
         "machine": f"{platform.machine()}, {platform.processor() or '?'}",
         "torch": torch.__version__,
     }

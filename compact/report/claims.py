@@ -145,10 +145,9 @@ def evaluate_claims(claims: Sequence[dict[str, Any]], models: Sequence[Any]) -> 
 
 
 def _latency(a: Any, b: Any) -> dict[str, Any]:
-    la, lb = a.latency.get(LATENCY_KEY), b.latency.get(LATENCY_KEY)
-    if not la or not lb:
+    ma, mb = a.latency_ms(LATENCY_KEY), b.latency_ms(LATENCY_KEY)
+    if ma is None or mb is None:
         return {"latency_matched": None, "latency_note": "no batch-1 ONNX Runtime latency for both"}
-    ma, mb = sum(la) / len(la), sum(lb) / len(lb)
     rel = ma / mb - 1
     matched = abs(rel) <= LATENCY_MATCH
     note = f"batch-1 latency {ma:.3f} vs {mb:.3f} ms ({100 * rel:+.0f}%)"

@@ -53,6 +53,12 @@ class Model:
             return None, None
         return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
+    def latency_ms(self, key: str) -> float | None:
+        """The median over seeds of the per-seed latency medians for ``key`` ("onnxruntime/1"): a median,
+        not a mean, so one seed timed in a slow phase of a shared machine does not move the figure."""
+        values = self.latency.get(key)
+        return statistics.median(values) if values else None
+
     def summary(self) -> dict[str, Any]:
         err, err_std = self.stat(self.errors)
         out = {
@@ -71,7 +77,7 @@ class Model:
             "macs": self.stat(self.macs_total)[0],
         }
         for key, values in sorted(self.latency.items()):
-            out[f"latency_ms_{key.replace('/', '_b')}"] = self.stat(values)[0]
+            out[f"latency_ms_{key.replace('/', '_b')}"] = self.latency_ms(key)
         return out
 
 

@@ -16,7 +16,7 @@ from compact.report.collect import Model, RunResults
 
 AXES = {
     "macs": ("MACs per image, convolutions + linear (millions)", lambda m: m.stat(m.macs)[0], 1e6),
-    "latency": ("ONNX Runtime latency, batch 1 (ms)", lambda m: m.stat(m.latency.get("onnxruntime/1", []))[0], 1.0),
+    "latency": ("ONNX Runtime latency, batch 1 (ms)", lambda m: m.latency_ms("onnxruntime/1"), 1.0),
 }
 
 

@@ -52,7 +52,7 @@ def _rows(models: list[Model], batches: list[int], seeds: int) -> list[tuple[str
             rows.append(
                 (
                     f"{short} latency, batch {b} (ms)",
-                    [_fmt(m.stat(m.latency.get(f"{runtime}/{b}", []))[0], 1, 2) for m in models],
+                    [_fmt(m.latency_ms(f"{runtime}/{b}"), 1, 2) for m in models],
                 )
             )
     rows.append(("Test error (%)", [_fmt_err(m, seeds) for m in models]))
@@ -69,8 +69,8 @@ def comparison_table(results: RunResults, batches: list[int]) -> dict[str, Any]:
     md.append("")
     md.append(
         f"Test error: mean ± standard deviation over {seeds} seed(s) (over n where marked: fewer finished). "
-        "MACs are multiply-accumulates of one input. Latency: median of interleaved rounds on this machine (see "
-        "each model's profile)."
+        "MACs are multiply-accumulates of one input. Latency: median over seeds of each model's median of "
+        "interleaved rounds on this machine (see each model's profile)."
     )
     buf = io.StringIO()
     w = csv.writer(buf)
