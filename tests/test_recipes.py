@@ -178,6 +178,9 @@ def test_demo_smoke_report_and_plots_show_the_runs_data(demo_run, tmp_path):
     assert sweep["y"] == [r["error_pct"] for r in study["rows"]]
     assert not any("@" in p["model"] for p in plots["macs"]["front"])
     assert "## Early-exit cascades" in md and "cascade of mwbp" in md
+    # its latency is not measured like the single models' (no spin-waiting sessions): the report says so
+    assert "compare the cascade's latency with the static rows below" in md
+    assert "The cascades' latency is measured with sessions that do not spin-wait" in md
     # summary.md (for CI job summaries): the report's tables without images, and the fronts of pareto.json
     summary = (report / "summary.md").read_text()
     assert "![" not in summary and md.split("## Pareto plots")[0] == summary.split("## Pareto fronts")[0]

@@ -88,6 +88,12 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
     for path in draw_curves(curves, title, out / "curves"):
         files[path.name] = None
     images = ["![error vs MACs](pareto_macs.png)", "", "![error vs latency](pareto_latency.png)", ""]
+    if any(s["kind"] == "cascade" for s in plots["latency"]["series"]):
+        images += [
+            "The cascades' latency is measured with sessions that do not spin-wait between runs, the single "
+            "models' with ONNX Runtime's default spinning threads (see each cascade's section).",
+            "",
+        ]
     curve_lines = ["## Learning curves", "", budget, "", "![test error per epoch](curves.png)", ""]
     fronts = [line for data in plots.values() for line in _front_table(data)]
     markdown = "\n".join(lines + ["## Pareto plots", "", *images, *fronts] + curve_lines)

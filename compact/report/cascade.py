@@ -29,7 +29,10 @@ def cascade_markdown(result: dict[str, Any], title: str = "Early-exit cascade") 
         "manifest); latency is measured with ONNX Runtime"
         + (
             f" on {result['latency']['images']} test images, median of {result['latency']['rounds']} interleaved "
-            "rounds."
+            "rounds. The cascade's sessions, and the static outputs timed with them below, do not spin-wait "
+            "between runs (several sessions in turn would take the cores from each other); a lone model's "
+            "profile uses ONNX Runtime's default spinning threads, faster at batch 1 on few cores, so compare "
+            "the cascade's latency with the static rows below rather than with the profiles."
             if result.get("latency")
             else " (not measured)."
         ),
