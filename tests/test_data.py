@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 
 import pytest
@@ -389,3 +390,24 @@ def test_fifos_where_files_are_expected_are_refused_or_skipped_never_read(tmp_pa
     os.mkfifo(tmp_path / "recipe.yaml")
     assert main(["recipes", str(tmp_path / "recipe.yaml")]) == 2
     assert f"recipe file {tmp_path / 'recipe.yaml'} is not a regular file" in capsys.readouterr().err
+
+
+def test_a_subset_larger_than_the_data_set_is_said_and_the_images_used_are_recorded(tmp_path, capsys):
+    # 1,000 training images asked of a 100-image set: all 100 are used, stderr says so, and summary.json
+    # records 100 (reports state the budget from it, not from the subset asked for)
+    from compact.cli import main
+    from compact.report import _images
+
+    from _helpers import fake_cifar10_py
+
+    fake_cifar10_py(tmp_path / "c", n=20)  # 100 training images, 20 test images
+    argv = ["train", "--model", "cifar_resnet20", "--data", "cifar10", "--data-dir", str(tmp_path / "c"),
+            "--subset", "1000", "--test-subset", "20", "--epochs", "1", "--batch-size", "50", "--no-progress",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    note = "note: subset 1,000 is more than the 100 training images of cifar10: using all 100"
+    assert note in capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["train_images"], summary["test_images"]) == (100, 20)
+    assert _images({100}, 1000) == "100" and _images(set(), 1000) == "1,000" and _images(set(), None) == "all"
+    assert _images({100, 16}, 1000) == "16 to 100 (they differ between runs)"

@@ -116,6 +116,16 @@ class Data:
         return self._held_out(n, batch_size) if self._held_out is not None else None
 
 
+def note_large_subsets(name: str, opts: DataOptions, train_images: int, test_images: int) -> None:
+    """Say on stderr when a subset asks for more images than its split has (all of them are used; runs
+    record the numbers used in their summaries, which reports state as the budget)."""
+    for key, split, n in (("subset", "training", train_images), ("test_subset", "test", test_images)):
+        asked = getattr(opts, key)
+        if asked and asked > n:
+            print(f"note: {key} {asked:,} is more than the {n:,} {split} images of {name}: using all {n:,}",
+                  file=sys.stderr)  # fmt: skip
+
+
 def _in_memory(
     name: str,
     train: ArrayDataset,
@@ -130,6 +140,7 @@ def _in_memory(
     if opts.image_size is not None and opts.image_size != native:
         train, test = train.resized(opts.image_size), test.resized(opts.image_size)
         pad = max(1, round(pad * opts.image_size / native))
+    note_large_subsets(name, opts, len(train), len(test))
     mean, std = train.mean_std()  # of the whole training set, before any subset
     held_out = None
     if opts.subset and opts.subset < len(train):
@@ -217,6 +228,7 @@ def _image_folder(root: str, opts: DataOptions, in_chans: int) -> Data:
             return ds
         return torch.utils.data.Subset(ds, permutation(ds)[:n])
 
+    note_large_subsets(root, opts, len(train), len(test))
     train_ds, test_ds = subset(train, opts.subset), subset(test, opts.test_subset)
     held_out = None
     if opts.subset and opts.subset < len(train):

@@ -638,7 +638,7 @@ def train(
         for cb in callbacks:
             cb.close()
     net.__dict__["_extractors"].clear()  # a callback may have changed the network's structure
-    summary = _finish(cfg, out, net, info, history) if d.is_main else {}
+    summary = _finish(cfg, out, net, info, history, (data.train_size, data.test_size)) if d.is_main else {}
     barrier(d)
     return summary
 
@@ -670,7 +670,11 @@ def model_info(cfg: TrainConfig, net: MultiExitNet, data: Data, out: Path) -> Mo
     )
 
 
-def _finish(cfg: TrainConfig, out: Path, net: MultiExitNet, info: ModelInfo, history: list[dict]) -> dict[str, Any]:
+def _finish(
+    cfg: TrainConfig, out: Path, net: MultiExitNet, info: ModelInfo, history: list[dict], images: tuple[int, int]
+) -> dict[str, Any]:
+    """Save the final model and write ``summary.json``; ``images`` = the (training, test) images the run
+    used, which reports state as its budget (a subset asked for may exceed the data set)."""
     info.source["epochs"] = len(history)
     save_model(net, out / MODEL, info)
     rows = net.describe()
@@ -681,6 +685,8 @@ def _finish(cfg: TrainConfig, out: Path, net: MultiExitNet, info: ModelInfo, his
         "method": cfg.method,
         "data": info.dataset,
         "epochs": len(history),
+        "train_images": images[0],
+        "test_images": images[1],
         "train_time_s": sum(r["epoch_time_s"] for r in history),
         "outputs": rows,
     }

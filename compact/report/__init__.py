@@ -133,26 +133,45 @@ def make_report(run: str | Path, out: str | Path, partial: bool = False) -> dict
 def budget_line(run: Path, results: RunResults, data: dict[str, Any]) -> str:
     """What the numbers below cost: training and test images, epochs per entry (as trained), seeds."""
     epochs: dict[int, list[str]] = {}
+    used: dict[str, set[int]] = {"train_images": set(), "test_images": set()}
     for entry in results.recipe.entries:
+        counted = False
         for seed in results.seeds:
-            path = entry_dir(run, entry.name, seed) / "summary.json"
-            n = (try_read_json_object(path) or {}).get("epochs")
-            if isinstance(n, int) and not isinstance(n, bool):
+            summary = try_read_json_object(entry_dir(run, entry.name, seed) / "summary.json") or {}
+            for key, seen in used.items():
+                if _count(summary.get(key)):
+                    seen.add(summary[key])
+            n = summary.get("epochs")
+            if _count(n) and not counted:
                 epochs.setdefault(n, []).append(entry.name)
-                break
+                counted = True
     per = "; ".join(f"{n} epoch{'s' if n != 1 else ''}: {', '.join(names)}" for n, names in sorted(epochs.items()))
     done = results.finished
     if any(len(v) < len(results.seeds) for v in done.values()):  # a partial run: say which seeds each entry has
         per += "; seeds finished so far: " + ", ".join(
             f"{name} {'/'.join(map(str, v)) if v else 'none'}" for name, v in done.items()
         )
-    train = f"{data['subset']:,}" if data.get("subset") else "all"
-    test = f"{data['test_subset']:,}" if data.get("test_subset") else "all"
+    train = _images(used["train_images"], data.get("subset"))
+    test = _images(used["test_images"], data.get("test_subset"))
     smoke = " SMOKE RUN." if results.settings.get("smoke") else ""
     return (
         f"*Budget: {train} training images of {data['name']}, {test} test images, {len(results.seeds)} seed(s) "
         f"{results.seeds}; {per or 'no finished entry'}.{smoke}*"
     )
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _images(used: set[int], asked: Any) -> str:
+    """The number of images the runs used (their summaries say), else the recipe's subset ("all" if none):
+    a subset larger than the data set trains on fewer images than it names."""
+    if len(used) == 1:
+        return f"{next(iter(used)):,}"
+    if used:
+        return f"{min(used):,} to {max(used):,} (they differ between runs)"
+    return f"{asked:,}" if asked else "all"
 
 
 def _finite(value: Any) -> Any:

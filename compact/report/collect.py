@@ -76,7 +76,7 @@ class Model:
             "macs_conv_linear": self.stat(self.macs)[0],
             "macs": self.stat(self.macs_total)[0],
         }
-        for key, values in sorted(self.latency.items()):
+        for key in sorted(self.latency):
             out[f"latency_ms_{key.replace('/', '_b')}"] = self.latency_ms(key)
         return out
 
