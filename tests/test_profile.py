@@ -220,6 +220,15 @@ def test_each_runtime_is_timed_in_its_own_interleaved_session(monkeypatch):
         assert "own interleaved session" in prof["settings"]["timing"]
 
 
+def test_profile_table_keeps_columns_apart_for_tens_of_billions_of_macs(capsys):
+    # ResNet-20 at 1024 px: 42G MACs, 14+ characters with separators; the columns once ran together
+    assert main(["profile", "cifar_resnet20", "--input-size", "3,1024,1024", "--no-latency", "--no-store"]) == 0
+    head, row = capsys.readouterr().out.splitlines()[:2]
+    name, params, macs, conv = row.split()
+    assert head.split()[:3] == ["model", "params", "MACs"] and name == "cifar_resnet20" and params == "269,722"
+    assert int(macs.replace(",", "")) > 4e10 and int(conv.replace(",", "")) < int(macs.replace(",", ""))
+
+
 def test_profile_command_writes_json_next_to_the_model(tmp_path, capsys):
     torch.manual_seed(0)
     net = attach_exits(create_model("cifar_resnet20", in_chans=1), 3, input_size=(1, 28, 28)).eval()

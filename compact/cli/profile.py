@@ -89,17 +89,21 @@ def _print(profiles: list[dict], batches: list[int]) -> None:
         for b in batches
         if any(rt in p.get("latency_ms", {}) for p in profiles)
     ]
-    width = max([34, *(len(p["model"]) + 2 for p in profiles)])
-    head = f"{'model':<{width}}{'params':>11}{'MACs':>14}{'conv+lin MACs':>15}"
-    head += "".join(f"{('ort' if rt == 'onnxruntime' else 'torch') + f' b{b} ms':>22}" for rt, b in cols)
-    print(head)
+    heads = ["params", "MACs", "conv+lin MACs"]
+    heads += [("ort" if rt == "onnxruntime" else "torch") + f" b{b} ms" for rt, b in cols]
+    rows = []
     for p in profiles:
-        line = f"{p['model']:<{width}}{p['params']:>11,}{p['macs']:>14,}{p['macs_conv_linear']:>15,}"
+        cells = [f"{p['params']:,}", f"{p['macs']:,}", f"{p['macs_conv_linear']:,}"]
         for rt, b in cols:
             t = p.get("latency_ms", {}).get(rt, {}).get(str(b))
-            cell = "-" if t is None else "{median:.2f} ({p10:.2f}-{p90:.2f})".format(**t)
-            line += f"{cell:>22}"
-        print(line)
+            cells.append("-" if t is None else "{median:.2f} ({p10:.2f}-{p90:.2f})".format(**t))
+        rows.append((p["model"], cells))
+    # every column as wide as its widest cell, two spaces apart (billions of MACs must not run together)
+    widths = [max(len(h), *(len(cells[i]) for _, cells in rows)) + 2 for i, h in enumerate(heads)]
+    width = max([34, *(len(p["model"]) + 2 for p in profiles)])
+    print(f"{'model':<{width}}" + "".join(f"{h:>{w}}" for h, w in zip(heads, widths, strict=True)))
+    for name, cells in rows:
+        print(f"{name:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
     for p in profiles:
         if p["skipped_ops"]:
             skipped = ", ".join(f"{k} x{v}" for k, v in sorted(p["skipped_ops"].items()))
