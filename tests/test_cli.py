@@ -55,6 +55,15 @@ def test_exits_json_for_resnet56(capsys):
     assert [r["feature"] for r in rows] == ["nchw"] * 4 + [None]
 
 
+def test_exits_table_keeps_long_node_names_apart_from_the_layer(capsys):
+    nodes = "features.denseblock3.denselayer16,features.denseblock4.denselayer16"  # 33 characters each
+    argv = ["exits", "--model", "torchvision:densenet121", "--input-size", "3,64,64", "--exit-nodes", nodes]
+    assert main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[:3] for r in rows[:2]] == [["0", "features.denseblock3.denselayer16", "71"],
+                                         ["1", "features.denseblock4.denselayer16", "120"]]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -112,10 +112,11 @@ def _cmd_exits(args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{args.model}: {net.num_outputs} outputs, head {net.head_type}, {weighting}")
-    print(f"{'output':>6}  {'node':<32}{'layer':>6}{'params':>12}{'gamma':>8}  feature")
+    node = max([30, *(len(str(r["node"])) for r in rows)]) + 2  # long timm node names must not touch the layer
+    print(f"{'output':>6}  {'node':<{node}}{'layer':>6}{'params':>14}{'gamma':>8}  feature")
     for r in rows:
         feature = r["feature"] or "logits"
-        print(f"{r['output']:>6}  {r['node']:<32}{r['depth']:>6}{r['params']:>12,}{r['gamma']:>8.3f}  {feature}")
+        print(f"{r['output']:>6}  {r['node']:<{node}}{r['depth']:>6}{r['params']:>14,}{r['gamma']:>8.3f}  {feature}")
     return 0
 
 

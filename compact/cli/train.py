@@ -198,14 +198,15 @@ def _cmd_train(args) -> int:
 def _print_outputs(rows: list[dict]) -> None:
     verify = any("verification_pct" in r for r in rows)
     extra = f"{'verif. %':>14}{'TAR@1e-3 %':>12}" if verify else ""
-    print(f"{'output':>6}  {'node':<28}{'layer':>6}{'params':>12}{'test err %':>12}{extra}")
+    node = max([26, *(len(str(r["node"])) for r in rows)]) + 2  # long timm node names must not touch the layer
+    print(f"{'output':>6}  {'node':<{node}}{'layer':>6}{'params':>14}{'test err %':>12}{extra}")
     for r in rows:
         err = "-" if r.get("test_error_pct") is None else f"{r['test_error_pct']:.2f}"
         cells = ""
         if verify:
             tar = "-" if r.get("tar_at_far_1e-3_pct") is None else f"{r['tar_at_far_1e-3_pct']:.2f}"
             cells = f"{r['verification_pct']:>8.2f} ±{r['verification_std']:>4.2f}{tar:>12}"
-        print(f"{r['output']:>6}  {r['node']:<28}{r['depth']:>6}{r['params']:>12,}{err:>12}{cells}")
+        print(f"{r['output']:>6}  {r['node']:<{node}}{r['depth']:>6}{r['params']:>14,}{err:>12}{cells}")
 
 
 # -- compact eval -----------------------------------------------------------------------------------
