@@ -8,7 +8,9 @@ are timed interleaved (compact.profile's harness), median and p10-p90 over round
 Also timed: the segments alone without the exit decisions (what the cut itself costs), and the full graph
 with ONNX Runtime's default session settings. A cascade's sessions do not spin-wait between runs (spinning
 threads of several sessions take the cores from each other), and its full-graph reference uses the same
-settings; a single session with spinning threads is faster at batch 1, which the last row shows.
+settings; a single session with spinning threads is faster at batch 1, which the "ORT defaults" row shows.
+The "1 thread" row is the cascade with one ONNX Runtime thread: no pool to wake for every layer, which on a
+small CPU makes it the fastest way to run images one at a time (`compact cascade --threads 1`).
 
     python benchmarks/cascade_overhead.py [--rounds 15] [--images 256] [--threads 2]
     python benchmarks/cascade_overhead.py --quick     # cifar_resnet20, 3 outputs, one round (tests)
@@ -56,6 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         export_cascade(net, info, Path(tmp) / "c")
         cascade = Cascade(Path(tmp) / "c", threads=args.threads)
+        one_thread = Cascade(Path(tmp) / "c", threads=1)
         x = np.random.default_rng(0).standard_normal((args.images, *size)).astype(np.float32)
         last = cascade.num_exits - 1
         seg = cascade.manifest["segments"]
@@ -78,6 +81,7 @@ def main() -> None:
                 cascade.run_static(last, x[s : s + b]) for s in range(0, len(x), b)
             ]
             runners[f"cascade t=1|{b}"] = lambda b=b: cascade.predict(x, 1.0, batch_size=b)
+            runners[f"cascade t=1, 1 thread|{b}"] = lambda b=b: one_thread.predict(x, 1.0, batch_size=b)
             runners[f"segments only|{b}"] = lambda b=b: segments_only(b)
         timings = time_interleaved(runners, rounds=args.rounds, repeats=1, warmup=1)
     figures: dict[str, dict] = {}
@@ -105,13 +109,18 @@ def main() -> None:
     cut = {
         b: round(figures["segments only"][b]["median"] / figures["full graph"][b]["median"] - 1, 4) for b in ("1", "64")
     }
+    reference = figures["full graph, ORT defaults"]
+    single = {
+        b: round(figures["cascade t=1, 1 thread"][b]["median"] / reference[b]["median"] - 1, 4) for b in ("1", "64")
+    }
     macs = cascade.exit_macs("total")[-1] / cascade.static_macs("total")[-1] - 1
     print(f"cascade run to the end vs full graph: {100 * overhead['1']:+.1f}% at batch 1, "
           f"{100 * overhead['64']:+.1f}% at batch 64 (segments alone: {100 * cut['1']:+.1f}% / "
           f"{100 * cut['64']:+.1f}%); MACs {100 * macs:+.2f}% (the heads); against the full graph with ORT's "
-          f"default (spinning) session: {100 * spin['1']:+.1f}% / {100 * spin['64']:+.1f}%")  # fmt: skip
+          f"default (spinning) session: {100 * spin['1']:+.1f}% / {100 * spin['64']:+.1f}%; the cascade with 1 "
+          f"thread against that session: {100 * single['1']:+.1f}% / {100 * single['64']:+.1f}%")  # fmt: skip
     print(json.dumps({"ms_per_image": figures, "overhead": overhead, "cut_overhead": cut, "macs_overhead": macs,
-                      "overhead_vs_default_session": spin}))  # fmt: skip
+                      "overhead_vs_default_session": spin, "one_thread_vs_default_session": single}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -49,7 +49,10 @@ def test_bp_cost_quick_times_every_method_and_the_mwbp_floor():
 
 def test_cascade_overhead_quick_times_the_cascade_against_the_full_graph():
     figures = _run("cascade_overhead.py")
-    assert set(figures["ms_per_image"]) == {"full graph", "full graph, ORT defaults", "cascade t=1", "segments only"}
+    assert set(figures["ms_per_image"]) == {
+        "full graph", "full graph, ORT defaults", "cascade t=1", "cascade t=1, 1 thread", "segments only"
+    }  # fmt: skip
+    assert set(figures["one_thread_vs_default_session"]) == {"1", "64"}
     assert all(v["median"] > 0 for d in figures["ms_per_image"].values() for v in d.values())
     assert 0 < figures["macs_overhead"] < 0.01  # the heads only: no feature is computed twice
 
