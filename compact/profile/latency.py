@@ -21,6 +21,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+#: default pause before each timed block (see the module docstring)
+SETTLE_MS = 10.0
+
 
 @dataclass
 class Timing:
@@ -51,7 +54,7 @@ def time_interleaved(
     rounds: int = 15,
     repeats: int = 5,
     warmup: int = 3,
-    settle_ms: float = 10.0,
+    settle_ms: float = SETTLE_MS,
 ) -> dict[str, Timing]:
     """Milliseconds per call of each candidate (see the module docstring); ``settle_ms`` = 0 times the
     candidates back to back, with no pause and no untimed call before each block."""

@@ -25,7 +25,7 @@ from compact._atomic import write_text
 from compact.errors import CompactError
 from compact.profile.counting import count
 from compact.profile.deploy import foldable_layers, inference_form
-from compact.profile.latency import time_interleaved
+from compact.profile.latency import SETTLE_MS, time_interleaved
 from compact.profile.onnx_export import OPSET, export_onnx, ort_session, parity
 
 RUNTIMES = ("onnxruntime", "pytorch")
@@ -217,8 +217,8 @@ def profile_models(
         if onnx
         else None,
         "interleaved": [t.name for t in targets],
-        "timing": "each runtime in its own interleaved session; 10 ms pause and one untimed call before each "
-        "timed block",
+        "timing": f"each runtime in its own interleaved session; {SETTLE_MS:g} ms pause and one untimed call before "
+        "each timed block",
         "machine": f"{platform.machine()}, {platform.processor() or '?'}",
         "torch": torch.__version__,
     }
