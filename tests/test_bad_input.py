@@ -258,6 +258,8 @@ CASES = [
     (["report", "{ws}/rr"], "summary.json is damaged"),
     # inspection
     (["exits", "--model", "cifar_resnet20", "--input-size", "3,99999,32"], "H, W in 1..2048"),
+    (["exits", "--model", "cifar_resnet20", "--image-size", "0"], "--image-size must lie in 8..2048, got 0"),
+    (["exits", "--model", "cifar_resnet20", "--image-size", "64", "--input-size", "3,32,32"], "give one of them"),
     # networks that cannot take the input size: named before any training, with the smallest size that works
     (
         ["exits", "--model", "timm:convnext_atto", "--data", "fashion-mnist", "--exits", "3"],

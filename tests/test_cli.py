@@ -55,6 +55,23 @@ def test_exits_json_for_resnet56(capsys):
     assert [r["feature"] for r in rows] == ["nchw"] * 4 + [None]
 
 
+@pytest.mark.parametrize(
+    "extra, size",
+    [([], (3, 32, 32)), (["--image-size", "40"], (3, 40, 40)), (["--data", "fashion-mnist"], (1, 28, 28)),
+     (["--data", "fashion-mnist", "--image-size", "36"], (1, 36, 36)),
+     (["--data", "fashion-mnist", "--input-size", "3,24,24"], (3, 24, 24))],
+)  # fmt: skip
+def test_exits_traces_the_input_size_asked_for(extra, size, monkeypatch, capsys):
+    # --image-size without --data used to be ignored silently (32 px traced)
+    import compact.cli.inspect as inspect_cli
+
+    seen = []
+    real = inspect_cli.build_net
+    monkeypatch.setattr(inspect_cli, "build_net", lambda args: seen.append(tuple(args.input_size)) or real(args))
+    assert main(["exits", "--model", "cifar_resnet20", "--exits", "2", *extra]) == 0
+    assert seen == [size]
+
+
 def test_exits_table_keeps_long_node_names_apart_from_the_layer(capsys):
     nodes = "features.denseblock3.denselayer16,features.denseblock4.denselayer16"  # 33 characters each
     argv = ["exits", "--model", "torchvision:densenet121", "--input-size", "3,64,64", "--exit-nodes", nodes]

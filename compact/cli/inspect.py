@@ -6,6 +6,7 @@ import json
 import sys
 
 from compact.cli._common import _key_value, add_model_args, build_net
+from compact.errors import CompactError
 
 
 # -- compact models ---------------------------------------------------------------------------------
@@ -89,21 +90,14 @@ def _add_exits(sub) -> None:
         help="size the input like this dataset (fashion-mnist, cifar10, cifar100, imagefolder:PATH); "
         "--input-size wins when both are given",
     )
-    p.add_argument("--image-size", type=int, default=None, metavar="PX", help="with --data: the image side used")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="square input side: the --data set's images resized to it, or 3-channel inputs without "
+                   "--data (not with --input-size)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _cmd_exits(args) -> int:
-    if args.data is not None and args.input_size is None:
-        from compact.data import check_dataset_name
-        from compact.data.datasets import FOLDER_SIZE, NATIVE_SIZES
-
-        name = check_dataset_name(args.data, "--data")
-        c, h, _ = NATIVE_SIZES.get(name, (3, FOLDER_SIZE, FOLDER_SIZE))
-        side = args.image_size or h
-        args.input_size = (c, side, side)
-    if args.input_size is None:
-        args.input_size = (3, 32, 32)
+    args.input_size = _exits_input_size(args)
     net, weighting = build_net(args)
     rows = net.describe()
     for row, g in zip(rows, weighting.gammas(), strict=True):
@@ -118,6 +112,28 @@ def _cmd_exits(args) -> int:
         feature = r["feature"] or "logits"
         print(f"{r['output']:>6}  {r['node']:<{node}}{r['depth']:>6}{r['params']:>14,}{r['gamma']:>8.3f}  {feature}")
     return 0
+
+
+def _exits_input_size(args) -> tuple[int, int, int]:
+    """The (C, H, W) that ``compact exits`` traces: ``--input-size``, else ``--data``'s images (at
+    ``--image-size`` when given), else 3 channels at ``--image-size`` or 32 px."""
+    from compact.data.datasets import FOLDER_SIZE, MAX_IMAGE_SIZE, NATIVE_SIZES
+
+    side = args.image_size
+    if side is not None:
+        if args.input_size is not None:
+            raise CompactError("--image-size and --input-size both set the input; give one of them")
+        if not 8 <= side <= MAX_IMAGE_SIZE:
+            raise CompactError(f"--image-size must lie in 8..{MAX_IMAGE_SIZE}, got {side}")
+    if args.input_size is not None:
+        return tuple(args.input_size)
+    c, h = 3, 32
+    if args.data is not None:
+        from compact.data import check_dataset_name
+
+        name = check_dataset_name(args.data, "--data")
+        c, h, _ = NATIVE_SIZES.get(name, (3, FOLDER_SIZE, FOLDER_SIZE))
+    return (c, side or h, side or h)
 
 
 COMMANDS = {
