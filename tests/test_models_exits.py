@@ -435,6 +435,73 @@ def test_a_size_hint_is_only_given_where_it_is_true():
         check_input_size(model, (3, 20, 20))
 
 
+def test_no_smallest_size_is_claimed_when_a_smaller_size_works():
+    """timm's HaloNet-26t takes 248 and 256 px, fails from 264 to 1008 and takes every size from 1009: the
+    bisection between the failing size and 1024 px lands on 1009, which is not the smallest that works."""
+    from compact.exits.network import check_input_size
+
+    class Halo(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            torch._assert(x.shape[-1] % 64 == 0 or x.shape[-1] > 1000, "the blocks do not tile the map")
+            return self.conv(x).mean((2, 3))
+
+    model = Halo()
+    model.pretrained_cfg = {"input_size": (3, 128, 128)}
+    with pytest.raises(CompactError, match=r"; it takes its default size 3x128x128 \(--image-size 128\)$"):
+        check_input_size(model, (3, 40, 40))
+    del model.pretrained_cfg
+    with pytest.raises(CompactError) as err:
+        check_input_size(model, (3, 40, 40))
+    assert str(err.value).endswith("(the blocks do not tile the map)")  # no false "smallest" hint
+
+
+def test_forward_arguments_with_defaults_are_traced_at_their_defaults():
+    """timm's Hiera: ``forward(x, mask=None)`` runs its classifier only ``if mask is None``. Traced with the
+    mask as a graph input, the branch was skipped: the graph ended before the head, and attaching exits
+    failed with an internal KeyError (a declared stage resolved to that last node)."""
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stages = nn.Sequential(*[nn.Sequential(nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1), nn.ReLU())
+                                          for i in range(4)])  # fmt: skip
+            self.head = nn.Linear(8, 5)
+            self.feature_info = [{"module": f"stages.{i}"} for i in range(4)]
+
+        def forward(self, x, mask=None, scale: float = 1.0):
+            x = self.stages(x) * scale
+            if mask is None:
+                x = self.head(x.mean((2, 3)))
+            return x
+
+    torch.manual_seed(0)
+    model = Masked().eval()
+    net = attach_exits(model, 3, input_size=(3, 8, 8)).eval()
+    assert net.exit_nodes == ["stages.1", "stages.2"] and net.depths == [2, 3, 5]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net.forward_exits(x)[-1], model(x))
+
+
+def test_a_declared_stage_that_is_the_final_node_is_left_out():
+    class Staged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stages = nn.Sequential(*[nn.Sequential(nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1), nn.ReLU())
+                                          for i in range(4)])  # fmt: skip
+            self.feature_info = [{"module": f"stages.{i}"} for i in range(4)]
+
+        def forward(self, x):
+            return self.stages(x)  # the last stage's output is the model's output
+
+    net = attach_exits(Staged(), 3, input_size=(3, 8, 8))  # was an internal KeyError ('stages.3.1')
+    assert net.exit_nodes == ["stages.0", "stages.1"] and net.depths == [1, 2, 4]  # stages.3 is the output
+
+
 def test_transformer_blocks_are_found_and_their_tokens_get_heads():
     """ViT's blocks are discovered like residual blocks; their (N, L, C) tokens get heads over C (192). Built
     for 32 px inputs (``img_size``, as for CIFAR): 4 x 4 patches of 8 px plus the class token."""

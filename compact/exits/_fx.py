@@ -15,8 +15,10 @@ Extraction is made faithful to eager execution in two ways that torchvision's he
 
 from __future__ import annotations
 
+import inspect
 import operator
 import warnings
+from typing import Any
 from unittest import mock
 
 import torch
@@ -29,14 +31,37 @@ _WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspos
 _WEIGHTED_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, F.linear, torch.conv2d, torch.conv1d, torch.conv3d}
 
 
+def _tracer_kwargs() -> dict[str, Any]:
+    """timm's modules and functions that FX must not trace into (torchvision's helpers take them)."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+
+    return {"leaf_modules": list(get_notrace_modules()), "autowrap_functions": list(get_notrace_functions())}
+
+
+def forward_defaults(model: nn.Module) -> dict[str, Any]:
+    """The default of each parameter of ``model.forward`` after the input, to trace with.
+
+    compact calls ``model(x)``, so those parameters hold their defaults; traced as further graph inputs,
+    a branch on them (timm's Hiera: ``if mask is None: x = self.forward_head(x)``) would be decided by
+    what a proxy answers, and the graph could silently leave out the classifier."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in params[1:] if p.kind in named and p.default is not inspect.Parameter.empty}
+
+
 def graph_node_names(model: nn.Module) -> list[str]:
     """Train-mode graph node names of ``model``, in execution order."""
-    from timm.layers import get_graph_node_names
+    from torchvision.models.feature_extraction import get_graph_node_names
 
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="NOTE. The nodes obtained by tracing")  # as below
-            train_names, _ = get_graph_node_names(model)
+            train_names, _ = get_graph_node_names(
+                model, tracer_kwargs=_tracer_kwargs(), concrete_args=forward_defaults(model) or None
+            )
     except Exception as exc:  # FX raises many types for untraceable code
         raise CompactError(f"{type(model).__name__} cannot be traced by torch.fx: {exc}") from exc
     return train_names
@@ -48,13 +73,18 @@ def feature_extractor(model: nn.Module, return_nodes: list[str]) -> fx.GraphModu
     Operations that none of the requested outputs need are removed, so an extractor for an early node
     computes only the network up to that node.
     """
-    from timm.layers import create_feature_extractor
+    from torchvision.models.feature_extraction import create_feature_extractor
 
     with warnings.catch_warnings(), mock.patch.object(fx.Graph, "eliminate_dead_code", _faithful_dead_code):
         # torchvision notes when train- and eval-mode graphs differ (dropout): expected, both are kept
         warnings.filterwarnings("ignore", message="NOTE. The nodes obtained by tracing")
         try:
-            return create_feature_extractor(model, return_nodes=list(return_nodes))
+            return create_feature_extractor(
+                model,
+                return_nodes=list(return_nodes),
+                tracer_kwargs=_tracer_kwargs(),
+                concrete_args=forward_defaults(model) or None,
+            )
         except ValueError as exc:
             raise CompactError(str(exc)) from exc
         except Exception as exc:

@@ -262,7 +262,8 @@ def _runs(model: nn.Module, input_size: Sequence[int]) -> str | None:
 def check_input_size(model: nn.Module, input_size: Sequence[int]) -> None:
     """Refuse an input size the model cannot take (its feature maps shrink to nothing, or its layers expect
     another size), naming a square size that works: the smallest up to 1024 px where sizes above it work too
-    (a network whose sizes must divide a window has no such size), else the model's declared default."""
+    (a network whose sizes must divide a window has no such size; multiples of 32 below a bisected size are
+    tried to catch one), else the model's declared default."""
     was_training = model.training
     model.eval()
     try:
@@ -278,7 +279,10 @@ def check_input_size(model: nn.Module, input_size: Sequence[int]) -> None:
                 while hi - lo > 1:
                     mid = (lo + hi) // 2
                     lo, hi = (lo, mid) if _runs(model, (c, mid, mid)) is None else (mid, hi)
-                if all(_runs(model, (c, s, s)) is None for s in (hi + 1, hi + 2, hi + 3)):
+                # bisection assumes that every size above the smallest works: sizes just above it must, and
+                # none of the multiples of 32 below it (timm's HaloNet takes 248 and 256 px, fails at 264..1008)
+                above = all(_runs(model, (c, s, s)) is None for s in (hi + 1, hi + 2, hi + 3))
+                if above and all(_runs(model, (c, s, s)) is not None for s in range(side // 32 * 32 + 32, hi, 32)):
                     hint = f"; the smallest square input it takes is {c}x{hi}x{hi} (--image-size {hi})"
             if not hint and default is not None and _runs(model, (c, default, default)) is None:
                 hint = f"; it takes its default size {c}x{default}x{default} (--image-size {default})"
@@ -376,11 +380,13 @@ def _stage_blocks(model: nn.Module, names_in_graph: Sequence[str], final_node: s
         return []
     try:
         depth_of = _fx.weighted_depths(_fx.feature_extractor(model, [*names, final_node]))
+        if final_node not in depth_of:  # a declared stage is the final node under a module's name: returned once
+            depth_of |= _fx.weighted_depths(_fx.feature_extractor(model, [final_node]))
     except CompactError:
         return []
     out: list[tuple[str, int]] = []
     for n in names:
-        if (not out or depth_of[n] > out[-1][1]) and depth_of[n] < depth_of[final_node]:
+        if n in depth_of and (not out or depth_of[n] > out[-1][1]) and depth_of[n] < depth_of[final_node]:
             out.append((n, depth_of[n]))
     return out
 
