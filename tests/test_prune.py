@@ -174,8 +174,11 @@ def test_macs_parsing_and_bad_targets():
     full = conv_linear_macs(model, SIZE)
     with pytest.raises(CompactError, match="not below the model's"):
         search_ratios(model, SIZE, PRUNERS.get("l1"), full + 1, PruneSettings())
-    with pytest.raises(CompactError, match="too small to reach.*residual stream of option-A shortcuts"):
+    with pytest.raises(CompactError, match="too small to reach.*residual stream of option-A shortcuts are never"):
         search_ratios(model, SIZE, PRUNERS.get("l1"), full // 10, PruneSettings())
+    model = create_model("cifar_resnet20", in_chans=1, shortcut="B")
+    with pytest.raises(CompactError, match=r"too small to reach.* remain \(the classifier is never pruned\)"):
+        search_ratios(model, SIZE, PRUNERS.get("l1"), full // 200, PruneSettings())
     with pytest.raises(CompactError, match=r"per-layer cap \(max_layer_ratio\) must be a number in"):
         PruneSettings(max_layer_ratio=1.0)
 

@@ -386,10 +386,12 @@ def _bisect(model, layers, target_macs, settings, tolerance, steps, refine, meas
     lo, hi = 0.0, settings.max_layer_ratio if settings.allocation == "uniform" else 1.0
     hi_macs = measure(allocate(layers, hi, settings))
     if hi_macs > target_macs * (1 + tolerance):
-        kept = "the classifier" + (" and the residual stream of option-A shortcuts" if _option_a_stream(model) else "")
+        kept = "the classifier is"
+        if _option_a_stream(model):
+            kept = "the classifier and the residual stream of option-A shortcuts are"
         raise CompactError(
             f"target {target_macs:,} MACs is too small to reach: with at most {settings.max_layer_ratio:.0%} of "
-            f"every prunable layer removed, {hi_macs:,} MACs remain ({kept} are never pruned); raise "
+            f"every prunable layer removed, {hi_macs:,} MACs remain ({kept} never pruned); raise "
             "--max-layer-ratio or choose a larger target"
         )
     for _ in range(steps):
