@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 
 import pytest
 import torch
@@ -434,3 +435,47 @@ def test_soft_pruning_refreshes_the_sizes_of_re_parameterizable_blocks():
     soft.finalize(net)
     assert net[1].groups == net[1].conv_kxk[0].conv.groups == 8
     assert inference_form(net.eval(), size)[1]["max_relative_diff"] < 1e-5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the memory ceiling is Linux's RLIMIT_AS")
+def test_a_torch_pruning_call_that_grows_without_bound_is_stopped_by_the_memory_ceiling(monkeypatch):
+    """timm's EfficientFormerV2 made torch-pruning's grouping take 17 GB within 7 minutes, still growing; under
+    the ceiling it is a one-line error after the allowance (here 256 MiB), and the limit is restored."""
+    import resource
+
+    import compact._memguard as memguard
+    from compact.prune.base import _traced
+
+    monkeypatch.setattr(memguard, "default_extra_bytes", lambda: 256 * 2**20)
+    before = resource.getrlimit(resource.RLIMIT_AS)
+
+    def runaway():
+        held = []
+        while True:
+            held.append(bytearray(16 * 2**20))
+
+    with pytest.raises(CompactError, match=r"torch-pruning ran out of memory trying to group the layers of Linear: "
+                       r"it needed more than 0\.2 GiB"):  # fmt: skip
+        _traced("group the layers of", nn.Linear(2, 2), runaway)
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
+    assert len(bytearray(512 * 2**20)) == 512 * 2**20  # more than the allowance: the ceiling is gone
+    with pytest.raises(CompactError, match="torch-pruning cannot trace Linear: ValueError: no"):
+        _traced("trace", nn.Linear(2, 2), lambda: (_ for _ in ()).throw(ValueError("no")))  # other failures as before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the memory ceiling is Linux's RLIMIT_AS")
+def test_the_memory_ceiling_keeps_a_lower_limit_the_user_set():
+    import resource
+
+    from compact._memguard import memory_ceiling
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with memory_ceiling(2**40) as extra:  # 1 TiB more: above any limit in force here
+        assert extra is not None and resource.getrlimit(resource.RLIMIT_AS)[0] > 2**40
+    low = 2**45 if soft == resource.RLIM_INFINITY else soft
+    resource.setrlimit(resource.RLIMIT_AS, (low, hard))
+    try:
+        with memory_ceiling(2**46) as extra:
+            assert extra is None and resource.getrlimit(resource.RLIMIT_AS)[0] == low
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

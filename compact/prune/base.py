@@ -29,6 +29,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from compact._memguard import memory_ceiling
 from compact._registry import Registry
 from compact.errors import CompactError
 from compact.profile.deploy import METHODS, deployed_macs
@@ -163,14 +164,32 @@ def _example(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
     return torch.zeros(1, *input_size, device=device)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 def _traced(what: str, model: nn.Module, fn: Callable):
+    """``fn()`` (a torch-pruning call on ``model``) with its failures as one-line errors, under a memory
+    ceiling (:mod:`compact._memguard`): torch-pruning's dependency tracking grows without bound on some models."""
+    out_of_memory = False
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), memory_ceiling() as extra:
             # parameters outside layers (layer scales, position embeddings) follow the channels along their last
             # non-singleton dimension, torch-pruning's default; its multi-line note about it is not the user's
             # concern (a wrong guess breaks the forward pass or changes the output shape: both are errors)
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            return fn()
+            try:
+                return fn()
+            except Exception as exc:
+                if extra is None or not _out_of_memory(exc):
+                    raise
+                out_of_memory = True  # leaving this block frees what the failed call held, then the ceiling goes
+        if out_of_memory:
+            raise CompactError(
+                f"torch-pruning ran out of memory trying to {what} {type(model).__name__}: it needed more than "
+                f"{extra / 2**30:.1f} GiB beyond what compact held (its dependency tracking can grow without bound "
+                "through some reshapes, e.g. in attention layers); this architecture cannot be pruned"
+            )
     except CompactError:
         raise
     except Exception as exc:  # torch-pruning raises many types for operations it cannot trace
