@@ -459,6 +459,10 @@ def test_a_torch_pruning_call_that_grows_without_bound_is_stopped_by_the_memory_
         _traced("group the layers of", nn.Linear(2, 2), runaway)
     assert resource.getrlimit(resource.RLIMIT_AS) == before
     assert len(bytearray(512 * 2**20)) == 512 * 2**20  # more than the allowance: the ceiling is gone
+    monkeypatch.setattr(memguard.sys, "platform", "darwin")  # no ceiling set: the process's own limit ran out
+    with pytest.raises(CompactError, match=r"ran out of memory trying to trace Linear: it needed more than the "
+                       r"process's memory limit \(its dependency"):  # fmt: skip
+        _traced("trace", nn.Linear(2, 2), lambda: (_ for _ in ()).throw(MemoryError()))
     with pytest.raises(CompactError, match="torch-pruning cannot trace Linear: ValueError: no"):
         _traced("trace", nn.Linear(2, 2), lambda: (_ for _ in ()).throw(ValueError("no")))  # other failures as before
 

@@ -181,14 +181,17 @@ def _traced(what: str, model: nn.Module, fn: Callable):
             try:
                 return fn()
             except Exception as exc:
-                if extra is None or not _out_of_memory(exc):
+                if not _out_of_memory(exc):
                     raise
                 out_of_memory = True  # leaving this block frees what the failed call held, then the ceiling goes
         if out_of_memory:
+            limit = (
+                "the process's memory limit" if extra is None else f"{extra / 2**30:.1f} GiB beyond what compact held"
+            )
             raise CompactError(
                 f"torch-pruning ran out of memory trying to {what} {type(model).__name__}: it needed more than "
-                f"{extra / 2**30:.1f} GiB beyond what compact held (its dependency tracking can grow without bound "
-                "through some reshapes, e.g. in attention layers); this architecture cannot be pruned"
+                f"{limit} (its dependency tracking can grow without bound through some reshapes, e.g. in attention "
+                "layers); this architecture cannot be pruned"
             )
     except CompactError:
         raise
