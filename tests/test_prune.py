@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -443,10 +446,10 @@ def test_a_torch_pruning_call_that_grows_without_bound_is_stopped_by_the_memory_
     the ceiling it is a one-line error after the allowance (here 256 MiB), and the limit is restored."""
     import resource
 
-    import compact._memguard as memguard
+    import compact._guards as guards
     from compact.prune.base import _traced
 
-    monkeypatch.setattr(memguard, "default_extra_bytes", lambda: 256 * 2**20)
+    monkeypatch.setattr(guards, "default_extra_bytes", lambda: 256 * 2**20)
     before = resource.getrlimit(resource.RLIMIT_AS)
 
     def runaway():
@@ -459,7 +462,7 @@ def test_a_torch_pruning_call_that_grows_without_bound_is_stopped_by_the_memory_
         _traced("group the layers of", nn.Linear(2, 2), runaway)
     assert resource.getrlimit(resource.RLIMIT_AS) == before
     assert len(bytearray(512 * 2**20)) == 512 * 2**20  # more than the allowance: the ceiling is gone
-    monkeypatch.setattr(memguard.sys, "platform", "darwin")  # no ceiling set: the process's own limit ran out
+    monkeypatch.setattr(guards.sys, "platform", "darwin")  # no ceiling set: the process's own limit ran out
     with pytest.raises(CompactError, match=r"ran out of memory trying to trace Linear: it needed more than the "
                        r"process's memory limit \(its dependency"):  # fmt: skip
         _traced("trace", nn.Linear(2, 2), lambda: (_ for _ in ()).throw(MemoryError()))
@@ -471,7 +474,7 @@ def test_a_torch_pruning_call_that_grows_without_bound_is_stopped_by_the_memory_
 def test_the_memory_ceiling_keeps_a_lower_limit_the_user_set():
     import resource
 
-    from compact._memguard import memory_ceiling
+    from compact._guards import memory_ceiling
 
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     with memory_ceiling(2**40) as extra:  # 1 TiB more: above any limit in force here
@@ -483,3 +486,37 @@ def test_the_memory_ceiling_keeps_a_lower_limit_the_user_set():
             assert extra is None and resource.getrlimit(resource.RLIMIT_AS)[0] == low
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="the time limit is Unix's SIGALRM")
+def test_a_torch_pruning_call_that_never_ends_is_stopped_by_the_time_limit(monkeypatch):
+    """torch-pruning's grouping of timm's ReXNet-1.0 had not finished after 10 minutes (at 64 px; ResNet-152
+    at 224 px takes about 2 s)."""
+    from compact._guards import TIMEOUT_ENV, time_limit
+    from compact.prune.base import _traced
+
+    def endless():
+        while True:
+            pass
+
+    handler = signal.getsignal(signal.SIGALRM)
+    monkeypatch.setenv(TIMEOUT_ENV, "0.3")
+    start = time.perf_counter()
+    with pytest.raises(CompactError, match=r"did not finish trying to group the layers of Linear within 0\.3 s .*"
+                       r"COMPACT_CALL_TIMEOUT_S=0 lifts the limit"):  # fmt: skip
+        _traced("group the layers of", nn.Linear(2, 2), endless)
+    assert time.perf_counter() - start < 5
+    assert signal.getsignal(signal.SIGALRM) is handler and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    assert _traced("trace", nn.Linear(2, 2), lambda: 7) == 7  # a call within the limit returns its value
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(CompactError, match=r"COMPACT_CALL_TIMEOUT_S must be a number of seconds in 0..1000000 "):
+        _traced("trace", nn.Linear(2, 2), lambda: 7)
+    monkeypatch.setenv(TIMEOUT_ENV, "0")
+    with time_limit() as limit:
+        assert limit is None  # 0: no limit
+    monkeypatch.delenv(TIMEOUT_ENV)
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(time_limit().__enter__()))
+    worker.start()
+    worker.join()
+    assert seen == [None]  # off the main thread, no alarm can be delivered: none is set

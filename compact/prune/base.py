@@ -29,7 +29,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compact._memguard import memory_ceiling
+from compact._guards import TIMEOUT_ENV, TimeLimitExceeded, memory_ceiling, time_limit
 from compact._registry import Registry
 from compact.errors import CompactError
 from compact.profile.deploy import METHODS, deployed_macs
@@ -170,10 +170,11 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 def _traced(what: str, model: nn.Module, fn: Callable):
     """``fn()`` (a torch-pruning call on ``model``) with its failures as one-line errors, under a memory
-    ceiling (:mod:`compact._memguard`): torch-pruning's dependency tracking grows without bound on some models."""
+    ceiling and a time limit (:mod:`compact._guards`): torch-pruning's dependency tracking grows without bound
+    or loops without end on some models."""
     out_of_memory = False
     try:
-        with warnings.catch_warnings(), memory_ceiling() as extra:
+        with warnings.catch_warnings(), memory_ceiling() as extra, time_limit():
             # parameters outside layers (layer scales, position embeddings) follow the channels along their last
             # non-singleton dimension, torch-pruning's default; its multi-line note about it is not the user's
             # concern (a wrong guess breaks the forward pass or changes the output shape: both are errors)
@@ -193,6 +194,12 @@ def _traced(what: str, model: nn.Module, fn: Callable):
                 f"{limit} (its dependency tracking can grow without bound through some reshapes, e.g. in attention "
                 "layers); this architecture cannot be pruned"
             )
+    except TimeLimitExceeded as exc:
+        raise CompactError(
+            f"torch-pruning did not finish trying to {what} {type(model).__name__} within {exc.args[0]:g} s (its "
+            "dependency tracking can loop without end through some index-shifting layers); this architecture "
+            f"cannot be pruned here ({TIMEOUT_ENV}=0 lifts the limit, {TIMEOUT_ENV}=N sets N seconds)"
+        ) from None
     except CompactError:
         raise
     except Exception as exc:  # torch-pruning raises many types for operations it cannot trace
