@@ -280,7 +280,7 @@ def check_input_size(model: nn.Module, input_size: Sequence[int]) -> None:
                     mid = (lo + hi) // 2
                     lo, hi = (lo, mid) if _runs(model, (c, mid, mid)) is None else (mid, hi)
                 # bisection assumes that every size above the smallest works: sizes just above it must, and
-                # none of the multiples of 32 below it (timm's HaloNet takes 248 and 256 px, fails at 264..1008)
+                # none of the multiples of 32 below it (timm's HaloNet-26t takes 256 and 512 px, not 288..480)
                 above = all(_runs(model, (c, s, s)) is None for s in (hi + 1, hi + 2, hi + 3))
                 if above and all(_runs(model, (c, s, s)) is not None for s in range(side // 32 * 32 + 32, hi, 32)):
                     hint = f"; the smallest square input it takes is {c}x{hi}x{hi} (--image-size {hi})"
