@@ -44,6 +44,14 @@ def _size(text: str) -> tuple[int, ...]:
     return size
 
 
+def check_image_size(side: int | None, option: str = "--image-size") -> None:
+    """Refuse a square image side outside 8..MAX_IMAGE_SIZE (None: not given, nothing to check)."""
+    from compact.data.datasets import MAX_IMAGE_SIZE
+
+    if side is not None and not 8 <= side <= MAX_IMAGE_SIZE:
+        raise CompactError(f"{option} must lie in 8..{MAX_IMAGE_SIZE}, got {side}")
+
+
 def check_output_file(path: str, option: str) -> None:
     """A file the command will write: not a folder, and its folder not a file."""
     from pathlib import Path

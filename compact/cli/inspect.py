@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from compact.cli._common import _key_value, add_model_args, build_net
+from compact.cli._common import _key_value, add_model_args, build_net, check_image_size
 from compact.errors import CompactError
 
 
@@ -117,14 +117,12 @@ def _cmd_exits(args) -> int:
 def _exits_input_size(args) -> tuple[int, int, int]:
     """The (C, H, W) that ``compact exits`` traces: ``--input-size``, else ``--data``'s images (at
     ``--image-size`` when given), else 3 channels at ``--image-size`` or 32 px."""
-    from compact.data.datasets import FOLDER_SIZE, MAX_IMAGE_SIZE, NATIVE_SIZES
+    from compact.data.datasets import FOLDER_SIZE, NATIVE_SIZES
 
     side = args.image_size
-    if side is not None:
-        if args.input_size is not None:
-            raise CompactError("--image-size and --input-size both set the input; give one of them")
-        if not 8 <= side <= MAX_IMAGE_SIZE:
-            raise CompactError(f"--image-size must lie in 8..{MAX_IMAGE_SIZE}, got {side}")
+    if side is not None and args.input_size is not None:
+        raise CompactError("--image-size and --input-size both set the input; give one of them")
+    check_image_size(side)
     if args.input_size is not None:
         return tuple(args.input_size)
     c, h = 3, 32

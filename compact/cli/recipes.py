@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compact.cli._common import check_output_dir
+from compact.cli._common import check_image_size, check_output_dir
 from compact.errors import CompactError
 
 
@@ -63,8 +63,7 @@ def _cmd_run(args) -> int:
         from compact.data import check_dataset_name
 
         check_dataset_name(args.data, "--data")
-    if args.image_size is not None and not 8 <= args.image_size <= 2048:
-        raise CompactError(f"--image-size must lie in 8..2048, got {args.image_size}")
+    check_image_size(args.image_size)
     if args.download and not args.data_dir:
         raise CompactError("--download needs --data-dir DIR: name the folder the dataset is downloaded into")
     settings = RunSettings(
