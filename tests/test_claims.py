@@ -131,3 +131,31 @@ DEMO = {
 def test_recipe_claims_are_validated(claims, message):
     with pytest.raises(CompactError, match=message):
         parse_recipe({**DEMO, "claims": claims}, "r.yaml")
+
+
+def test_exit_table_of_networks_with_different_layouts_keeps_final_outputs_in_one_column():
+    """Table 8: 2, 3 and 5 outputs on one network put output k at different layers, and output 1 is the
+    final output of one and an exit of the others. Each row then names its own layers and every final
+    output lands in the last column; one shared layout keeps the per-column layer headers."""
+    from compact.recipes import parse_recipe
+    from compact.report.collect import RunResults
+    from compact.report.tables import exits_table
+
+    recipe = parse_recipe({"name": "t8", "entries": [{"name": "x", "train": {"model": "cifar_resnet20"}}]})
+    mixed = [
+        _model("o2", 0, 2, 11, [8.2]),
+        _model("o2", 1, 2, 20, [7.6]),
+        _model("o3", 0, 3, 7, [15.6]),
+        _model("o3", 1, 3, 13, [8.2]),
+        _model("o3", 2, 3, 20, [7.7]),
+    ]
+    table = exits_table(RunResults(recipe, {}, mixed, [], [0]))["markdown"].splitlines()
+    assert table[0] == "| method | layers | exit 0 | exit 1 | final |"
+    assert table[2] == "| o2 | 11, 20 | 8.20 | - | 7.60 |"
+    assert table[3] == "| o3 | 7, 13, 20 | 15.60 | 8.20 | 7.70 |"
+    same = [m for m in mixed if m.entry == "o3"] + [
+        _model("nu0", k, 3, d, [e]) for k, d, e in ((0, 7, 11.1), (2, 20, 8.0))
+    ]
+    table = exits_table(RunResults(recipe, {}, same, [], [0]))["markdown"].splitlines()
+    assert table[0] == "| method | output 0 (layer 7) | output 1 (layer 13) | output 2 (layer 20) |"
+    assert table[3] == "| nu0 | 11.10 | - | 8.00 |"  # an output with no result yet is a dash, not a shift

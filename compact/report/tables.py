@@ -81,25 +81,35 @@ def comparison_table(results: RunResults, batches: list[int]) -> dict[str, Any]:
 
 
 def exits_table(results: RunResults) -> dict[str, Any]:
-    """Markdown, CSV and JSON of the Table 6-style per-exit comparison."""
+    """Markdown, CSV and JSON of the Table 6-style per-exit comparison.
+
+    When every network has its outputs at the same layers, each column is one output and its header names
+    the layer. When the layouts differ (Table 8: 2, 3, 5 or 10 outputs), a column ``layers`` gives each row's
+    own layers, exits fill the columns from the left and every final output sits in the last column, so no
+    column mixes final outputs with auxiliary exits."""
     rows = exit_methods(results)
     if not rows:
         return {"markdown": "", "csv": "", "json": []}
-    width = max(len(r) for r in rows)
-    depths = []
-    for k in range(width):
-        ds = sorted({m.depth for r in rows for m in r if m.output == k and m.depth is not None})
-        depths.append("/".join(str(d) for d in ds) or "?")
-    head = [f"output {k} (layer {depths[k]})" for k in range(width)]
-    md = ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * width]
+    width = max(r[0].num_outputs for r in rows)
+    depths = [{m.depth for r in rows for m in r if m.output == k and m.depth is not None} for k in range(width)]
+    uniform = len({r[0].num_outputs for r in rows}) == 1 and all(len(d) <= 1 for d in depths)
+    if uniform:
+        head = [f"output {k} (layer {next(iter(d), '?')})" for k, d in enumerate(depths)]
+    else:
+        head = ["layers", *(f"exit {k}" for k in range(width - 1)), "final"]
+    md = ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["method", *head])
     for r in rows:
         label = r[0].label + (" (probed)" if r[0].kind == "probe" and "probe" not in r[0].label.lower() else "")
-        cells = ["-"] * width
-        for m in r:
-            cells[m.output] = _fmt_err(m, len(results.seeds))
+        errs = {m.output: _fmt_err(m, len(results.seeds)) for m in r}
+        if uniform:
+            cells = [errs.get(k, "-") for k in range(width)]
+        else:
+            last = r[0].num_outputs - 1
+            layers = ", ".join("?" if m.depth is None else str(m.depth) for m in r)
+            cells = [layers, *(errs.get(k, "-") if k < last else "-" for k in range(width - 1)), errs.get(last, "-")]
         md.append(f"| {label} | " + " | ".join(cells) + " |")
         w.writerow([label, *cells])
     md.append("")
