@@ -100,17 +100,60 @@ def test_a_vision_transformer_counts_as_its_architecture_says():
     assert conv_linear_macs(model, (3, 64, 64)) == want == count(model, (3, 64, 64)).macs_conv_linear
 
 
+class Products(nn.Module):
+    """Matrix products of every rank and form that models write outside ``nn.Linear``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.v = nn.Parameter(torch.randn(8))
+        self.w = nn.Parameter(torch.randn(4, 8, 10))
+        self.a = nn.Parameter(torch.randn(7, 11, 13))
+        self.b = nn.Parameter(torch.randn(7, 13, 17))
+
+    def forward(self, x):
+        f = self.conv(x).mean((2, 3))  # (1, 8)
+        mv = f @ self.v  # a 1-D operand: aten.mv
+        broadcast = (f @ self.w).sum(0)  # the batch comes from the second operand: 4 x (1 x 8 x 10)
+        chain = torch.einsum("bi,ki,kj->bj", f, self.w[0].T, self.w[1].T[:, :3])  # three operands
+        big = torch.einsum("bij,bjk->bik", self.a, self.b)  # 17,017 MACs: more digits than numpy prints
+        fused = torch.baddbmm(big, self.a, self.b).sum() + torch.addbmm(big[0], self.a, self.b).sum()
+        dots = torch.dot(self.v, self.v) + torch.vdot(self.v, self.v) + torch.addmv(self.v, self.w[0], self.w[1, 0])
+        return broadcast + mv[:, None] + chain.sum() + fused + dots.sum()
+
+
+def test_matrix_products_of_every_rank_count_by_hand_in_both_counters():
+    """1-D operands, a batch broadcast from the second operand, einsum with three operands, and fused
+    products with a bias: fvcore's own matmul handle failed on the first (IndexError) and left out the batch
+    of the second, and its einsum handle rounded to numpy's four printed digits (17,015 for 17,017)."""
+    conv = (7 * 7 * 8) * (3 * 3 * 3)
+    matmuls = 8 + 4 * 8 * 10  # mv; the broadcast batch of 4
+    chain = 10 * 8 + 10 * 3  # torch contracts bi,ki -> bk (1 x 10 x 8), then bk,kj -> bj (1 x 10 x 3)
+    big = 7 * 11 * 13 * 17
+    fused = 2 * big  # baddbmm and addbmm: the products of bmm; the bias and the batch sum are additions
+    dots = 8 + 8 + 8 * 10  # dot, vdot, and addmv's (8 x 10) @ (10,)
+    want = conv + matmuls + chain + big + fused + dots
+    model = Products().eval()
+    assert conv_linear_macs(model, (3, 9, 9)) == want
+    counts = count(model, (3, 9, 9))
+    assert counts.macs_conv_linear == want
+    assert not {op for op in counts.skipped_ops if any(k in op for k in ("mv", "dot", "mm", "matmul", "einsum"))}
+
+
 def test_a_product_the_counter_cannot_count_is_refused_by_name():
-    class MatVec(nn.Module):
+    class TimeBatchConv(nn.Module):
         def __init__(self):
             super().__init__()
-            self.w = nn.Parameter(torch.randn(4, 4))
+            self.w = nn.Parameter(torch.randn(3, 4, 4))
+            self.b = nn.Parameter(torch.zeros(4))
 
         def forward(self, x):
-            return torch.mv(self.w, x.flatten())
+            return torch.conv_tbc(x.flatten(2).permute(2, 0, 1), self.w, self.b)
 
-    with pytest.raises(CompactError, match=r"cannot count the MACs of aten\.mv in MatVec: .* would leave it out"):
-        conv_linear_macs(MatVec(), (4, 1, 1))
+    with pytest.raises(
+        CompactError, match=r"cannot count the MACs of aten\.conv_tbc in TimeBatchConv: .* leave it out"
+    ):
+        conv_linear_macs(TimeBatchConv(), (4, 1, 6))
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,22 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from compact.errors import CompactError
 
 #: fvcore operator names (prefixes) that are convolutions, matrix products or attention
-_CONV_LINEAR_OPS = ("conv", "linear", "addmm", "matmul", "bmm", "einsum", "scaled_dot_product", "_native_multi_head")
+_CONV_LINEAR_OPS = (
+    "conv",
+    "linear",
+    "addmm",
+    "addmv",
+    "mv",
+    "dot",
+    "vdot",
+    "matmul",
+    "bmm",
+    "baddbmm",
+    "addbmm",
+    "einsum",
+    "scaled_dot_product",
+    "_native_multi_head",
+)
 #: ATen operators of that kind (by name) that :func:`conv_linear_macs` must count or refuse: a convolution, a
 #: matrix or matrix-vector product, or attention
 _HEAVY_OP = re.compile(
@@ -85,8 +100,20 @@ def _bmm(args: tuple, out: Any) -> int:  # (b, n, k) @ (b, k, m)
     return a[0] * a[1] * a[2] * b[2]
 
 
-def _baddbmm(args: tuple, out: Any) -> int:
+def _baddbmm(args: tuple, out: Any) -> int:  # bias + (b, n, k) @ (b, k, m), summed over b or not (addbmm)
     return _bmm(args[1:], out)
+
+
+def _mv(args: tuple, out: Any) -> int:  # (n, k) @ (k,)
+    return args[0].shape[0] * args[0].shape[1]
+
+
+def _addmv(args: tuple, out: Any) -> int:  # bias + (n, k) @ (k,)
+    return _mv(args[1:], out)
+
+
+def _dot(args: tuple, out: Any) -> int:  # (k,) . (k,)
+    return args[0].shape[0]
 
 
 def _sdpa(args: tuple, out: Any) -> int:
@@ -105,6 +132,11 @@ _FORMULAS = {
     "addmm": _addmm,
     "bmm": _bmm,
     "baddbmm": _baddbmm,
+    "addbmm": _baddbmm,
+    "mv": _mv,
+    "addmv": _addmv,
+    "dot": _dot,
+    "vdot": _dot,
     "_scaled_dot_product_flash_attention_for_cpu": _sdpa,
     "_scaled_dot_product_flash_attention": _sdpa,
     "_scaled_dot_product_efficient_attention": _sdpa,
@@ -183,6 +215,7 @@ def count(model: nn.Module, input_size: Sequence[int] | None = None, inputs: tup
             analysis.set_op_handle(
                 "aten::scaled_dot_product_attention", _fvcore_sdpa, "aten::_native_multi_head_attention", _fvcore_mha
             )
+            analysis.set_op_handle(*(x for name, handle in _FVCORE_PRODUCTS.items() for x in (name, handle)))
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             by_op = dict(analysis.by_operator())
@@ -209,3 +242,50 @@ def _fvcore_sdpa(inputs: list[Any], outputs: list[Any]) -> int:
 def _fvcore_mha(inputs: list[Any], outputs: list[Any]) -> int:
     qkv_weight, proj_weight = _shape(inputs[5]), _shape(inputs[7])
     return mha_macs(_shape(inputs[0]), _shape(inputs[1]), qkv_weight[1], proj_weight[0])
+
+
+def _meta_macs(op, *shapes: list[int], **kwargs: Any) -> int:
+    """MACs of ``op`` on float tensors of ``shapes``, counted by :class:`_MacCounter` on the meta device (no
+    data, no memory): the matrix products a composite operator (matmul, einsum) runs are the ones its eager
+    call runs, so both counters give the same figure."""
+    counter = _MacCounter()
+    with counter:
+        op(*(torch.empty(s, device="meta") for s in shapes), **kwargs)
+    return counter.macs
+
+
+def _fvcore_matmul(inputs: list[Any], outputs: list[Any]) -> int:
+    """``torch.matmul`` of any ranks: fvcore's own handle fails on a 1-D operand and leaves out the batch of
+    a broadcast second operand."""
+    return _meta_macs(torch.matmul, _shape(inputs[0]), _shape(inputs[1]))
+
+
+def _fvcore_einsum(inputs: list[Any], outputs: list[Any]) -> int:
+    """``torch.einsum``: fvcore's own handle reads numpy's printed estimate (rounded to four digits) and
+    allocates every operand in memory; counted here exactly, along the contraction path torch takes."""
+    equation = inputs[0].toIValue()
+    shapes = [_shape(v) for v in inputs[1].node().inputs()]
+    return _meta_macs(lambda *ts: torch.einsum(equation, *ts), *shapes)
+
+
+def _fvcore_by_shapes(op, first: int = 0):
+    """A handle for a product operator whose tensors from input ``first`` on are its operands (after a
+    bias for ``addmv``, ``baddbmm`` and ``addbmm``)."""
+
+    def handle(inputs: list[Any], outputs: list[Any]) -> int:
+        return _meta_macs(op, *(_shape(v) for v in inputs[first : first + 2]))
+
+    return handle
+
+
+#: fvcore handles compact sets for matrix products fvcore miscounts (matmul, einsum) or skips (the others)
+_FVCORE_PRODUCTS = {
+    "aten::matmul": _fvcore_matmul,
+    "aten::einsum": _fvcore_einsum,
+    "aten::mv": _fvcore_by_shapes(torch.mv),
+    "aten::addmv": _fvcore_by_shapes(torch.mv, 1),
+    "aten::dot": _fvcore_by_shapes(torch.dot),
+    "aten::vdot": _fvcore_by_shapes(torch.vdot),
+    "aten::baddbmm": _fvcore_by_shapes(torch.bmm, 1),
+    "aten::addbmm": _fvcore_by_shapes(torch.bmm, 1),
+}
