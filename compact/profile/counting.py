@@ -244,13 +244,13 @@ def _fvcore_mha(inputs: list[Any], outputs: list[Any]) -> int:
     return mha_macs(_shape(inputs[0]), _shape(inputs[1]), qkv_weight[1], proj_weight[0])
 
 
-def _meta_macs(op, *shapes: list[int], **kwargs: Any) -> int:
+def _meta_macs(op, *shapes: list[int]) -> int:
     """MACs of ``op`` on float tensors of ``shapes``, counted by :class:`_MacCounter` on the meta device (no
     data, no memory): the matrix products a composite operator (matmul, einsum) runs are the ones its eager
     call runs, so both counters give the same figure."""
     counter = _MacCounter()
     with counter:
-        op(*(torch.empty(s, device="meta") for s in shapes), **kwargs)
+        op(*(torch.empty(s, device="meta") for s in shapes))
     return counter.macs
 
 
