@@ -421,3 +421,46 @@ def test_reparameterizable_networks_are_profiled_in_their_deployed_form(tmp_path
 
     (plain,) = profile_models([architecture_target("cifar_resnet20", (3, 32, 32))], latency=False)
     assert "inference_form" not in plain and plain["params"] == pytest.approx(0.27e6, rel=0.01)
+
+
+class Recurrent(nn.Module):
+    """A convolutional front end read as a sequence by every recurrent layer torch has: a two-layer
+    bidirectional LSTM (oneDNN's fused layer on CPU), an LSTM with a projection (torch's own loop), a GRU,
+    a ReLU RNN over a packed batch, and the three cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.lstm = nn.LSTM(8, 16, num_layers=2, bidirectional=True, batch_first=True)
+        self.proj = nn.LSTM(8, 16, proj_size=4, batch_first=True)
+        self.gru = nn.GRU(8, 12, batch_first=True)
+        self.rnn = nn.RNN(8, 6, nonlinearity="relu", batch_first=True)
+        self.lstm_cell, self.gru_cell, self.rnn_cell = nn.LSTMCell(8, 5), nn.GRUCell(8, 5), nn.RNNCell(8, 5)
+
+    def forward(self, x):
+        seq = self.conv(x).flatten(2).transpose(1, 2)  # (batch, 49 steps, 8)
+        out = self.lstm(seq)[0][:, -1].sum() + self.proj(seq)[0][:, -1].sum() + self.gru(seq)[0][:, -1].sum()
+        packed = nn.utils.rnn.pack_padded_sequence(seq.repeat(2, 1, 1), torch.tensor([49, 20]), batch_first=True)
+        out = out + self.rnn(packed)[1].sum()  # 69 steps in all
+        step = seq[:, 0]
+        out = out + self.lstm_cell(step)[0].sum() + self.gru_cell(step).sum() + self.rnn_cell(step).sum()
+        return out.expand(x.shape[0], 1)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_recurrent_layers_count_by_hand_in_both_counters():
+    """oneDNN's fused LSTM layer (CPU) was counted as zero by the ATen counter, and fvcore skipped every
+    recurrent operator: a recurrent classifier's MACs came out as those of its convolutions alone."""
+    conv = (7 * 7 * 8) * (3 * 3 * 3)
+    steps = 49
+    lstm = 2 * (4 * 16 * 8 + 4 * 16 * 16) + 2 * (4 * 16 * 32 + 4 * 16 * 16)  # per step; layer 2 reads 2 x 16
+    proj = 4 * 16 * 8 + 4 * 16 * 4 + 4 * 16  # input, hidden (projected to 4), projection
+    gru = 3 * 12 * 8 + 3 * 12 * 12
+    rnn = 69 * (6 * 8 + 6 * 6)
+    cells = (4 * 5 + 3 * 5 + 5) * (8 + 5)
+    want = conv + steps * (lstm + proj + gru) + rnn + cells
+    model = Recurrent().eval()
+    assert conv_linear_macs(model, (3, 9, 9)) == want
+    counts = count(model, (3, 9, 9))
+    assert counts.macs_conv_linear == want
+    assert not [op for op in counts.skipped_ops if any(k in op for k in ("lstm", "gru", "rnn"))]

@@ -46,12 +46,15 @@ _CONV_LINEAR_OPS = (
     "einsum",
     "scaled_dot_product",
     "_native_multi_head",
+    "lstm",
+    "gru",
+    "rnn_",
 )
 #: ATen operators of that kind (by name) that :func:`conv_linear_macs` must count or refuse: a convolution, a
 #: matrix or matrix-vector product, or attention
 _HEAVY_OP = re.compile(
     r"(^|_)conv(olution|_|\d|$)|(^|_)(mm|bmm|addmm|baddbmm|addbmm|addmv|mv|dot|vdot|matmul|einsum|linear)(_|$)"
-    r"|attention|multi_head"
+    r"|attention|multi_head|rnn|lstm|gru"
 )
 
 
@@ -116,6 +119,28 @@ def _dot(args: tuple, out: Any) -> int:  # (k,) . (k,)
     return args[0].shape[0]
 
 
+def rnn_macs(steps: int, weight_shapes: Sequence[Sequence[int]]) -> int:
+    """MACs of a recurrent layer (RNN, GRU, LSTM, any number of layers and directions, with or without a
+    projection) over ``steps`` time steps of the whole batch: every weight matrix (input-hidden,
+    hidden-hidden, projection) multiplies one vector per step, so each step costs the sum of their sizes.
+    The gates' elementwise products are not multiply-accumulates of a product and are not counted."""
+    return steps * sum(math.prod(s) for s in weight_shapes if len(s) == 2)
+
+
+def _rnn_layer(args: tuple, out: Any) -> int:
+    """A fused recurrent layer: oneDNN's ``mkldnn_rnn_layer`` (input, w_ih, w_hh, ...), cuDNN's
+    ``_cudnn_rnn`` and MIOpen's ``miopen_rnn`` (input, [weights], ...); the input is (steps..., features)."""
+    weights = args[1] if isinstance(args[1], list | tuple) else args[1:3]
+    steps = math.prod(args[0].shape[:-1])
+    return rnn_macs(steps, [list(w.shape) for w in weights if isinstance(w, torch.Tensor)])
+
+
+def _none(args: tuple, out: Any) -> int:
+    """An operator of a recurrent layer that multiplies nothing (a fused cell's gates, computed from
+    products that are counted on their own; a weight buffer's layout)."""
+    return 0
+
+
 def _sdpa(args: tuple, out: Any) -> int:
     return attention_macs(*(list(t.shape) for t in args[:3]))
 
@@ -142,6 +167,12 @@ _FORMULAS = {
     "_scaled_dot_product_efficient_attention": _sdpa,
     "_scaled_dot_product_cudnn_attention": _sdpa,
     "_native_multi_head_attention": _mha,
+    "mkldnn_rnn_layer": _rnn_layer,
+    "_cudnn_rnn": _rnn_layer,
+    "miopen_rnn": _rnn_layer,
+    "_thnn_fused_lstm_cell": _none,
+    "_thnn_fused_gru_cell": _none,
+    "_cudnn_rnn_flatten_weight": _none,
 }
 
 
@@ -226,12 +257,17 @@ def count(model: nn.Module, input_size: Sequence[int] | None = None, inputs: tup
     return Counts(param_count(model), int(sum(by_op.values())), int(conv_linear), by_op, skipped)
 
 
-def _shape(value: Any) -> list[int]:
-    from fvcore.nn.jit_handles import get_shape
+def _get_shape(value: Any) -> list[int] | None:
+    """The shape of a traced value, or None where the trace does not know it (fvcore's reader)."""
+    from fvcore.nn.jit_handles import get_shape as fvcore_get_shape
 
-    shape = get_shape(value)
+    return fvcore_get_shape(value)
+
+
+def _shape(value: Any) -> list[int]:
+    shape = _get_shape(value)
     if shape is None:
-        raise CompactError("fvcore traced an attention operator without tensor shapes; cannot count its MACs")
+        raise CompactError("fvcore traced a product operator without tensor shapes; cannot count its MACs")
     return list(shape)
 
 
@@ -278,6 +314,24 @@ def _fvcore_by_shapes(op, first: int = 0):
     return handle
 
 
+def _fvcore_rnn(inputs: list[Any], outputs: list[Any]) -> int:
+    """``aten::lstm`` / ``gru`` / ``rnn_tanh`` / ``rnn_relu``, padded or packed: the weight matrices are the
+    2-D tensors in the argument lists after the input (hidden states are 3-D, batch sizes 1-D)."""
+    weights = []
+    for value in inputs[1:]:
+        node = value.node()
+        for v in list(node.inputs()) if node.kind() == "prim::ListConstruct" else [value]:
+            shape = _get_shape(v) if v.type().kind() == "TensorType" else None
+            if shape is not None and len(shape) == 2:
+                weights.append(shape)
+    return rnn_macs(math.prod(_shape(inputs[0])[:-1]), weights)
+
+
+def _fvcore_rnn_cell(inputs: list[Any], outputs: list[Any]) -> int:
+    """``aten::lstm_cell`` and the other cells: (input, hidden state, w_ih, w_hh, b_ih, b_hh)."""
+    return rnn_macs(math.prod(_shape(inputs[0])[:-1]), [_shape(inputs[2]), _shape(inputs[3])])
+
+
 #: fvcore handles compact sets for matrix products fvcore miscounts (matmul, einsum) or skips (the others)
 _FVCORE_PRODUCTS = {
     "aten::matmul": _fvcore_matmul,
@@ -288,4 +342,6 @@ _FVCORE_PRODUCTS = {
     "aten::vdot": _fvcore_by_shapes(torch.vdot),
     "aten::baddbmm": _fvcore_by_shapes(torch.bmm, 1),
     "aten::addbmm": _fvcore_by_shapes(torch.bmm, 1),
+    **{f"aten::{op}": _fvcore_rnn for op in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
+    **{f"aten::{op}_cell": _fvcore_rnn_cell for op in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
 }
