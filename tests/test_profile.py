@@ -119,25 +119,33 @@ class Products(nn.Module):
         big = torch.einsum("bij,bjk->bik", self.a, self.b)  # 17,017 MACs: more digits than numpy prints
         fused = torch.baddbmm(big, self.a, self.b).sum() + torch.addbmm(big[0], self.a, self.b).sum()
         dots = torch.dot(self.v, self.v) + torch.vdot(self.v, self.v) + torch.addmv(self.v, self.w[0], self.w[1, 0])
-        return broadcast + mv[:, None] + chain.sum() + fused + dots.sum()
+        tensordot = torch.tensordot(f, self.w, dims=([1], [1]))  # (1, 4, 10): 1 x 8 x 40
+        inner = torch.inner(f, self.w[0].T)  # (1, 10): 1 x 8 x 10
+        multi = torch.linalg.multi_dot([f, self.w[0], self.w[1].T])  # (1 x 8 x 10) then (1 x 10 x 8)
+        bilinear = nn.functional.bilinear(f, f, self.w[:, :, :8])  # 4 outputs x 8 x 8
+        others = tensordot.sum() + inner.sum() + multi.sum() + bilinear.sum()
+        return broadcast + mv[:, None] + chain.sum() + fused + dots.sum() + others
 
 
 def test_matrix_products_of_every_rank_count_by_hand_in_both_counters():
-    """1-D operands, a batch broadcast from the second operand, einsum with three operands, and fused
-    products with a bias: fvcore's own matmul handle failed on the first (IndexError) and left out the batch
-    of the second, and its einsum handle rounded to numpy's four printed digits (17,015 for 17,017)."""
+    """1-D operands, a batch broadcast from the second operand, einsum with three operands, fused products
+    with a bias, tensordot, inner, multi_dot and bilinear: fvcore's own matmul handle failed on the first
+    (IndexError) and left out the batch of the second, its einsum handle rounded to numpy's four printed
+    digits (17,015 for 17,017), it skipped the others, and the ATen counter had no formula for bilinear."""
     conv = (7 * 7 * 8) * (3 * 3 * 3)
     matmuls = 8 + 4 * 8 * 10  # mv; the broadcast batch of 4
     chain = 10 * 8 + 10 * 3  # torch contracts bi,ki -> bk (1 x 10 x 8), then bk,kj -> bj (1 x 10 x 3)
     big = 7 * 11 * 13 * 17
     fused = 2 * big  # baddbmm and addbmm: the products of bmm; the bias and the batch sum are additions
     dots = 8 + 8 + 8 * 10  # dot, vdot, and addmv's (8 x 10) @ (10,)
-    want = conv + matmuls + chain + big + fused + dots
+    others = 8 * 40 + 8 * 10 + (8 * 10 + 10 * 8) + 4 * 8 * 8  # tensordot, inner, multi_dot, bilinear
+    want = conv + matmuls + chain + big + fused + dots + others
     model = Products().eval()
     assert conv_linear_macs(model, (3, 9, 9)) == want
     counts = count(model, (3, 9, 9))
     assert counts.macs_conv_linear == want
-    assert not {op for op in counts.skipped_ops if any(k in op for k in ("mv", "dot", "mm", "matmul", "einsum"))}
+    products = ("mv", "dot", "mm", "matmul", "einsum", "inner", "bilinear")
+    assert not {op for op in counts.skipped_ops if any(k in op for k in products)}
 
 
 def test_a_product_the_counter_cannot_count_is_refused_by_name():

@@ -49,12 +49,17 @@ _CONV_LINEAR_OPS = (
     "lstm",
     "gru",
     "rnn_",
+    "tensordot",
+    "inner",
+    "linalg_multi_dot",
+    "chain_matmul",
+    "bilinear",
 )
 #: ATen operators of that kind (by name) that :func:`conv_linear_macs` must count or refuse: a convolution, a
 #: matrix or matrix-vector product, or attention
 _HEAVY_OP = re.compile(
     r"(^|_)conv(olution|_|\d|$)|(^|_)(mm|bmm|addmm|baddbmm|addbmm|addmv|mv|dot|vdot|matmul|einsum|linear)(_|$)"
-    r"|attention|multi_head|rnn|lstm|gru"
+    r"|attention|multi_head|rnn|lstm|gru|trilinear"
 )
 
 
@@ -141,6 +146,19 @@ def _none(args: tuple, out: Any) -> int:
     return 0
 
 
+def _trilinear(args: tuple, out: Any) -> int:
+    """``F.bilinear``'s kernel (i1, i2, i3, expand1, expand2, expand3, sumdim, ...): the three inputs, each
+    unsqueezed at its ``expand`` dims, are multiplied over their broadcast shape and summed over ``sumdim``;
+    one MAC per element of that product (a bilinear layer: batch x out x in1 x in2)."""
+    shapes = []
+    for tensor, expand in zip(args[:3], args[3:6], strict=True):
+        shape = list(tensor.shape)
+        for dim in sorted(expand):
+            shape.insert(dim, 1)
+        shapes.append(shape)
+    return math.prod(torch.broadcast_shapes(*shapes))
+
+
 def _sdpa(args: tuple, out: Any) -> int:
     return attention_macs(*(list(t.shape) for t in args[:3]))
 
@@ -167,6 +185,7 @@ _FORMULAS = {
     "_scaled_dot_product_efficient_attention": _sdpa,
     "_scaled_dot_product_cudnn_attention": _sdpa,
     "_native_multi_head_attention": _mha,
+    "_trilinear": _trilinear,
     "mkldnn_rnn_layer": _rnn_layer,
     "_cudnn_rnn": _rnn_layer,
     "miopen_rnn": _rnn_layer,
@@ -246,7 +265,8 @@ def count(model: nn.Module, input_size: Sequence[int] | None = None, inputs: tup
             analysis.set_op_handle(
                 "aten::scaled_dot_product_attention", _fvcore_sdpa, "aten::_native_multi_head_attention", _fvcore_mha
             )
-            analysis.set_op_handle(*(x for name, handle in _FVCORE_PRODUCTS.items() for x in (name, handle)))
+            analysis.set_op_handle(*(x for op in _FVCORE_PRODUCTS for x in (f"aten::{op}", _fvcore_composite(op))))
+            analysis.set_op_handle(*(x for op in RECURRENT for x in (f"aten::{op}", _fvcore_rnn)))
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             by_op = dict(analysis.by_operator())
@@ -257,15 +277,10 @@ def count(model: nn.Module, input_size: Sequence[int] | None = None, inputs: tup
     return Counts(param_count(model), int(sum(by_op.values())), int(conv_linear), by_op, skipped)
 
 
-def _get_shape(value: Any) -> list[int] | None:
-    """The shape of a traced value, or None where the trace does not know it (fvcore's reader)."""
-    from fvcore.nn.jit_handles import get_shape as fvcore_get_shape
-
-    return fvcore_get_shape(value)
-
-
 def _shape(value: Any) -> list[int]:
-    shape = _get_shape(value)
+    from fvcore.nn.jit_handles import get_shape
+
+    shape = get_shape(value)
     if shape is None:
         raise CompactError("fvcore traced a product operator without tensor shapes; cannot count its MACs")
     return list(shape)
@@ -280,68 +295,81 @@ def _fvcore_mha(inputs: list[Any], outputs: list[Any]) -> int:
     return mha_macs(_shape(inputs[0]), _shape(inputs[1]), qkv_weight[1], proj_weight[0])
 
 
-def _meta_macs(op, *shapes: list[int]) -> int:
-    """MACs of ``op`` on float tensors of ``shapes``, counted by :class:`_MacCounter` on the meta device (no
-    data, no memory): the matrix products a composite operator (matmul, einsum) runs are the ones its eager
-    call runs, so both counters give the same figure."""
-    counter = _MacCounter()
-    with counter:
-        op(*(torch.empty(s, device="meta") for s in shapes))
-    return counter.macs
+def _meta_argument(name: str, value: Any) -> Any:
+    """A traced argument of ``aten::<name>`` for a replay on meta tensors: a tensor, a list of tensors, or a
+    constant (also a list of constants)."""
+    node = value.node()
+    if value.type().kind() == "TensorType":  # of the traced dtype: a packed sequence's batch sizes are int64
+        return torch.empty(_shape(value), dtype=value.type().dtype() or torch.float32, device="meta")
+    if node.kind() == "prim::Constant":
+        return value.toIValue()
+    if node.kind() == "prim::ListConstruct":
+        return [_meta_argument(name, v) for v in node.inputs()]
+    raise CompactError(f"cannot count the MACs of aten::{name}: an argument of it is computed in the trace")
 
 
-def _fvcore_matmul(inputs: list[Any], outputs: list[Any]) -> int:
-    """``torch.matmul`` of any ranks: fvcore's own handle fails on a 1-D operand and leaves out the batch of
-    a broadcast second operand."""
-    return _meta_macs(torch.matmul, _shape(inputs[0]), _shape(inputs[1]))
-
-
-def _fvcore_einsum(inputs: list[Any], outputs: list[Any]) -> int:
-    """``torch.einsum``: fvcore's own handle reads numpy's printed estimate (rounded to four digits) and
-    allocates every operand in memory; counted here exactly, along the contraction path torch takes."""
-    equation = inputs[0].toIValue()
-    shapes = [_shape(v) for v in inputs[1].node().inputs()]
-    return _meta_macs(lambda *ts: torch.einsum(equation, *ts), *shapes)
-
-
-def _fvcore_by_shapes(op, first: int = 0):
-    """A handle for a product operator whose tensors from input ``first`` on are its operands (after a
-    bias for ``addmv``, ``baddbmm`` and ``addbmm``)."""
+def _fvcore_composite(name: str):
+    """An fvcore handle for ``aten::<name>``: the call is replayed on meta tensors (no data, no memory) of
+    the traced shapes, with the traced constant arguments, under :class:`_MacCounter`, so fvcore's count is
+    that of the products the eager call runs (a recurrent cell: each weight matrix once); an argument the
+    trace does not hold as a constant is an error, never a zero."""
 
     def handle(inputs: list[Any], outputs: list[Any]) -> int:
-        return _meta_macs(op, *(_shape(v) for v in inputs[first : first + 2]))
+        args = [_meta_argument(name, value) for value in inputs]
+        packet = getattr(torch.ops.aten, name)
+        failure = "no overload of it takes these arguments"
+        for overload in packet.overloads():  # the traced node names no overload: the first that takes these
+            op = getattr(packet, overload)
+            schema = op._schema.arguments
+            if len(schema) != len(args):
+                continue
+            positional = [a for a, s in zip(args, schema, strict=True) if not s.kwarg_only]
+            keywords = {s.name: a for a, s in zip(args, schema, strict=True) if s.kwarg_only}
+            counter = _MacCounter()
+            try:
+                with counter:
+                    op(*positional, **keywords)
+            except (RuntimeError, TypeError) as exc:
+                failure = " ".join(str(exc).split())[:200]
+                continue
+            return counter.macs
+        raise CompactError(f"cannot count the MACs of aten::{name}: replaying it failed ({failure})")
 
     return handle
 
 
 def _fvcore_rnn(inputs: list[Any], outputs: list[Any]) -> int:
-    """``aten::lstm`` / ``gru`` / ``rnn_tanh`` / ``rnn_relu``, padded or packed: the weight matrices are the
-    2-D tensors in the argument lists after the input (hidden states are 3-D, batch sizes 1-D)."""
+    """``aten::lstm`` / ``gru`` / ``rnn_tanh`` / ``rnn_relu``, padded or packed (a packed batch cannot be
+    replayed on meta tensors: its step sizes are data): :func:`rnn_macs` of the 2-D tensors among the
+    arguments after the input, in lists or not (hidden states are 3-D, batch sizes 1-D)."""
     weights = []
     for value in inputs[1:]:
         node = value.node()
         for v in list(node.inputs()) if node.kind() == "prim::ListConstruct" else [value]:
-            shape = _get_shape(v) if v.type().kind() == "TensorType" else None
-            if shape is not None and len(shape) == 2:
+            if v.type().kind() == "TensorType" and len(shape := _shape(v)) == 2:
                 weights.append(shape)
     return rnn_macs(math.prod(_shape(inputs[0])[:-1]), weights)
 
 
-def _fvcore_rnn_cell(inputs: list[Any], outputs: list[Any]) -> int:
-    """``aten::lstm_cell`` and the other cells: (input, hidden state, w_ih, w_hh, b_ih, b_hh)."""
-    return rnn_macs(math.prod(_shape(inputs[0])[:-1]), [_shape(inputs[2]), _shape(inputs[3])])
+#: torch's recurrent layers (``aten::<name>`` and ``aten::<name>_cell``)
+RECURRENT = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
-
-#: fvcore handles compact sets for matrix products fvcore miscounts (matmul, einsum) or skips (the others)
-_FVCORE_PRODUCTS = {
-    "aten::matmul": _fvcore_matmul,
-    "aten::einsum": _fvcore_einsum,
-    "aten::mv": _fvcore_by_shapes(torch.mv),
-    "aten::addmv": _fvcore_by_shapes(torch.mv, 1),
-    "aten::dot": _fvcore_by_shapes(torch.dot),
-    "aten::vdot": _fvcore_by_shapes(torch.vdot),
-    "aten::baddbmm": _fvcore_by_shapes(torch.bmm, 1),
-    "aten::addbmm": _fvcore_by_shapes(torch.bmm, 1),
-    **{f"aten::{op}": _fvcore_rnn for op in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
-    **{f"aten::{op}_cell": _fvcore_rnn_cell for op in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
-}
+#: composite product operators that fvcore miscounts (matmul: fails on a 1-D operand and leaves out the
+#: batch of a broadcast second operand; einsum: rounded to numpy's four printed digits) or skips (the others);
+#: compact counts each by replaying it on meta tensors (:func:`_fvcore_composite`)
+_FVCORE_PRODUCTS = (
+    "matmul",
+    "einsum",
+    "mv",
+    "addmv",
+    "dot",
+    "vdot",
+    "baddbmm",
+    "addbmm",
+    "tensordot",
+    "inner",
+    "linalg_multi_dot",
+    "chain_matmul",
+    "bilinear",
+    *(f"{op}_cell" for op in RECURRENT),
+)
