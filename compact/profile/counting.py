@@ -12,7 +12,10 @@ Two counters that agree on convolutions, matrix products and attention:
   one flop, i.e. MACs) for the total, including normalisation and pooling layers it knows, plus the list of
   operators it skipped, so that a count is never silently low. compact adds handles for fused attention
   (``scaled_dot_product_attention``, and ``_native_multi_head_attention``: ``nn.MultiheadAttention``'s
-  inference fast path, projections included), which fvcore skips.
+  inference fast path, projections included) and recurrent layers, which fvcore skips, and for composite
+  products (``matmul``, ``einsum``, ``tensordot``, ``bilinear``, ...), which fvcore skips or miscounts:
+  each traced call is replayed on meta tensors under the ATen counter, so the two counters agree on them by
+  construction.
 """
 
 from __future__ import annotations
