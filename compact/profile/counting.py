@@ -33,31 +33,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from compact.errors import CompactError
 
-#: fvcore operator names (prefixes) that are convolutions, matrix products or attention
-_CONV_LINEAR_OPS = (
-    "conv",
-    "linear",
-    "addmm",
-    "addmv",
-    "mv",
-    "dot",
-    "vdot",
-    "matmul",
-    "bmm",
-    "baddbmm",
-    "addbmm",
-    "einsum",
-    "scaled_dot_product",
-    "_native_multi_head",
-    "lstm",
-    "gru",
-    "rnn_",
-    "tensordot",
-    "inner",
-    "linalg_multi_dot",
-    "chain_matmul",
-    "bilinear",
-)
 #: ATen operators of that kind (by name) that :func:`conv_linear_macs` must count or refuse: a convolution, a
 #: matrix or matrix-vector product, or attention
 _HEAVY_OP = re.compile(
@@ -375,4 +350,16 @@ _FVCORE_PRODUCTS = (
     "chain_matmul",
     "bilinear",
     *(f"{op}_cell" for op in RECURRENT),
+)
+
+#: fvcore operator names (prefixes) that are convolutions, matrix products or attention
+_CONV_LINEAR_OPS = (
+    "conv",
+    "linear",
+    "addmm",
+    "bmm",
+    "scaled_dot_product",
+    "_native_multi_head",
+    *RECURRENT,
+    *_FVCORE_PRODUCTS,
 )
