@@ -87,7 +87,7 @@ class ModelInfo:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CompactError(f"{path} is not a compact model file (no {FORMAT!r} description)")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:  # noqa: E721 (True == 1 must not pass)
             raise CompactError(
                 f"{path} has model-file format version {version}; this compact ({__version__}) reads version "
                 f"{FORMAT_VERSION}"
@@ -199,11 +199,14 @@ def training_settings(info: ModelInfo) -> dict[str, Any]:
     return out
 
 
-def build_module(info: ModelInfo, shapes: dict[str, tuple[int, ...]] | None = None) -> nn.Module:
+def build_module(
+    info: ModelInfo, shapes: dict[str, tuple[int, ...]] | None = None, source: Path | str = "the model file"
+) -> nn.Module:
     """The architecture ``info`` describes, freshly initialised: at its original (unpruned) sizes, or, given
     the stored tensors' ``shapes``, with the backbone resized to them and ``info.attrs`` set *before* exits
     are traced onto it (a traced graph keeps the attribute values it saw, e.g. a LayerNorm's
-    ``normalized_shape``, so resizing afterwards would leave the graph computing at the old sizes)."""
+    ``normalized_shape``, so resizing afterwards would leave the graph computing at the old sizes).
+    ``source`` names the file in the error raised when the resized layers contradict their attributes."""
     from compact.exits import attach_exits
     from compact.exits.standalone import build_exit_model
     from compact.models import create_model
@@ -218,6 +221,7 @@ def build_module(info: ModelInfo, shapes: dict[str, tuple[int, ...]] | None = No
             {k[len(prefix) :]: v for k, v in shapes.items() if k.startswith(prefix)},
             {k[len(prefix) :]: v for k, v in info.attrs.items() if k.startswith(prefix)},
         )
+        _check_layer_shapes(backbone, source, prefix)  # exits are traced by running it: sizes must agree first
     if info.kind == "multi-exit":
         placement = {"nodes": info.exit_nodes} if info.exit_nodes else {"num_outputs": 1}
         # checked when the exits were first attached; the file's weights are checked on saving
@@ -333,22 +337,76 @@ def _checked_attr(owner: nn.Module, name: str, key: str, value: Any) -> Any:
 _MISSING = object()
 
 
-def _check_layer_shapes(module: nn.Module, path: Path | str) -> None:
-    """The size attributes of convolutions, linear layers and BatchNorm agree with their weights (a file
-    cannot describe a layer that its tensors contradict)."""
+#: layers whose size attributes fix the shapes of every tensor they hold
+_SIZED_LAYERS = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Embedding,
+)
+
+
+def _expected_shapes(m: nn.Module) -> dict[str, tuple[int, ...]] | None:
+    """The shapes that the size attributes of a convolution, linear, normalisation or embedding layer give its
+    own tensors (None when its attributes are themselves inconsistent)."""
+    if isinstance(m, nn.modules.conv._ConvNd):
+        if m.groups < 1 or m.in_channels % m.groups or m.out_channels % m.groups:
+            return None
+        k = tuple(m.kernel_size)
+        w = (
+            (m.in_channels, m.out_channels // m.groups, *k)
+            if m.transposed
+            else (m.out_channels, m.in_channels // m.groups, *k)
+        )
+        return {"weight": w, "bias": (m.out_channels,)}
+    if isinstance(m, nn.Linear):
+        return {"weight": (m.out_features, m.in_features), "bias": (m.out_features,)}
+    if isinstance(m, nn.modules.batchnorm._NormBase):
+        n = (m.num_features,)
+        return {"weight": n, "bias": n, "running_mean": n, "running_var": n}
+    if isinstance(m, nn.LayerNorm):
+        return {"weight": tuple(m.normalized_shape), "bias": tuple(m.normalized_shape)}
+    if isinstance(m, nn.GroupNorm):
+        if m.num_groups < 1 or m.num_channels % m.num_groups:
+            return None
+        return {"weight": (m.num_channels,), "bias": (m.num_channels,)}
+    if isinstance(m, nn.Embedding):
+        return {"weight": (m.num_embeddings, m.embedding_dim)}
+    return None
+
+
+def _check_layer_shapes(module: nn.Module, path: Path | str, prefix: str = "") -> None:
+    """The size attributes of convolutions, linear, normalisation and embedding layers agree with every tensor
+    they hold (a file cannot describe a layer that its tensors contradict); layers are named ``prefix`` +
+    their name in ``module``, as the file names them."""
     for name, m in module.named_modules():
-        w = getattr(m, "weight", None)
-        if isinstance(m, nn.Conv2d):
-            want = (m.out_channels, m.in_channels // max(m.groups, 1), *m.kernel_size)
-            ok = m.groups >= 1 and m.in_channels % m.groups == 0 and tuple(w.shape) == want
-        elif isinstance(m, nn.Linear):
-            ok = tuple(w.shape) == (m.out_features, m.in_features)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            ok = all(t is None or tuple(t.shape) == (m.num_features,) for t in (w, m.running_mean))
-        else:
+        if not isinstance(m, _SIZED_LAYERS):
             continue
+        want = _expected_shapes(m)
+        ok = want is not None and all(
+            getattr(m, key, None) is None or tuple(getattr(m, key).shape) == shape for key, shape in want.items()
+        )
         if not ok:
-            raise CompactError(f"{path}: the sizes of layer {name} contradict its weights (corrupt or crafted file)")
+            raise CompactError(
+                f"{path}: the sizes of layer {prefix}{name} contradict its weights (corrupt or crafted file)"
+            )
+
+
+def _check_values(tensors: dict[str, torch.Tensor], module: nn.Module, path: Path | str) -> None:
+    """Every stored tensor has the kind of values its module holds (floating point where the module has
+    floating point, integers where integers, never complex) and no NaN or infinity: compact never writes a
+    file with non-finite weights, so one that has them is corrupt or crafted."""
+    current = module.state_dict()
+    for key, t in tensors.items():
+        if t.is_complex() or (key in current and t.is_floating_point() != current[key].is_floating_point()):
+            want = current[key].dtype if key in current else "a real dtype"
+            raise CompactError(
+                f"{path}: tensor {key} holds {t.dtype} values where the model holds {want} (corrupt or crafted file)"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CompactError(f"{path}: tensor {key} holds NaN or infinite values (corrupt or crafted file)")
 
 
 def _load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], info: ModelInfo, path: Path | str) -> None:
@@ -362,6 +420,7 @@ def _load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], info: Mod
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
         )
+    _check_values(tensors, module, path)
     # a safetensors file keeps no state-dict metadata; modules that read their version from it (torchvision's
     # MNASNet refuses to load without one) get the versions of the code that rebuilt them
     tensors = OrderedDict(tensors)
@@ -389,12 +448,35 @@ def structure_attrs(model: nn.Module, info: ModelInfo) -> dict[str, dict[str, An
 
 def rebuild(info: ModelInfo, state: dict[str, torch.Tensor], source: Path | str) -> nn.Module:
     """The module ``info`` describes with the weights ``state`` (of a model file or a checkpoint) loaded;
-    the caller's random state is left alone."""
+    the caller's random state is left alone.
+
+    The module is run once on a zero batch of ``info.input_size`` (eval mode, no gradients): a description
+    and tensors that agree layer by layer can still fail to compose (a kernel larger than the feature map
+    it meets, a pruned layer whose successor was not resized), and that must be refused here with the
+    file's name, not later as an internal error in whatever command loaded it."""
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CompactError(f"{source}: the stored weights are not a mapping of tensors")
-    with torch.random.fork_rng(devices=[]):
-        module = build_module(info, _shapes(state))
-    _load_weights(module, state, info, source)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            module = build_module(info, _shapes(state), source)
+        _load_weights(module, state, info, source)
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            _outputs(module, torch.zeros(1, *info.input_size))
+        module.train(was_training)
+    except CompactError as exc:  # e.g. tracing the exits found that the layers do not fit together
+        if str(source) in str(exc):
+            raise
+        raise CompactError(f"{source}: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # torch's own shape and type errors: the file's parts do not compose
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CompactError(
+            f"{source}: the {info.kind} {info.arch} it describes does not run on its input size "
+            f"{info.input_size} ({type(exc).__name__}: {first}); the file is corrupt or crafted"
+        ) from None
     return module
 
 

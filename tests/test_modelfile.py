@@ -338,3 +338,88 @@ def test_a_pruned_network_whose_traced_graph_bakes_an_attribute_saves_reloads_an
             # the trunk keeps the norm only as weights: its width travels through backbone_attrs
             assert exit_info.attrs["trunk.norm"] == {"width": 8}
             assert torch.equal(exit_model(x), expected[i])
+
+
+def _rewrite(src, dst, tensors=None, desc=None):
+    """Copy a model file with some tensors replaced (``tensors``: name -> tensor) or its description changed."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    state.update(tensors or {})
+    d = json.loads(meta["compact"])
+    d.update(desc or {})
+    meta["compact"] = json.dumps(d)
+    save_file(state, str(dst), metadata=meta)
+    return dst
+
+
+def test_crafted_tensors_that_contradict_their_layers_are_refused_by_name(tmp_path):
+    """Found by mutating model files at random: tensors whose shapes or values the layers cannot hold used
+    to reach torch (an internal error at the exit's trace or at inference); each is now a CompactError."""
+    net = _net()
+    full = tmp_path / "full.safetensors"
+    save_model(net, full, _info(net))
+    exit0 = tmp_path / "exit0.safetensors"
+    export_output(net, _info(net), 0, exit0)
+    state = load_model(exit0)[0].state_dict()
+    bn = next(k for k in state if k.endswith("bn2.bias"))
+    conv = next(k for k in state if k.endswith("conv1.weight") and state[k].dim() == 4 and state[k].shape[-1] == 3)
+    w = state[conv]
+    cases = {
+        # BatchNorm bias one longer than num_features: shapes agree with no other tensor of the layer
+        "bn-bias": ({bn: torch.zeros(state[bn].numel() + 1)}, {}, "sizes of layer .*bn2 contradict its weights"),
+        # a 3x3 kernel stored as 3x1: the layer's kernel_size says 3x3
+        "kernel": ({conv: w[..., :1].contiguous()}, {}, "sizes of layer .*conv1 contradict its weights"),
+        "nan": ({conv: torch.full_like(w, float("nan"))}, {}, f"tensor {conv} holds NaN or infinite values"),
+        "int": (
+            {conv: w.to(torch.int64)},
+            {},
+            f"tensor {conv} holds torch.int64 values where the model holds torch.float32",
+        ),
+        "complex": ({conv: w.to(torch.complex64)}, {}, "holds torch.complex64 values"),
+        # the description's version must be the integer 1, not a value that merely compares equal to it
+        "version": ({}, {"format_version": True}, "format version True"),
+    }
+    for name, (tensors, desc, message) in cases.items():
+        path = _rewrite(exit0, tmp_path / f"{name}.safetensors", tensors, desc)
+        with pytest.raises(CompactError, match=message):
+            load_model(path)
+    # the same BatchNorm damage in the full network (no trace at load) is refused the same way
+    key = "backbone." + bn.removeprefix("trunk.")
+    path = _rewrite(full, tmp_path / "full-bn.safetensors", {key: torch.zeros(state[bn].numel() + 1)})
+    with pytest.raises(CompactError, match="sizes of layer backbone.*bn2 contradict"):
+        load_model(path)
+
+
+def test_a_description_whose_parts_do_not_compose_is_refused_at_load_not_at_use(tmp_path):
+    """Every layer agrees with its own tensors, yet the layers do not fit together: the file is refused
+    when loaded, naming it, instead of failing later inside whatever command used it."""
+    net = _net()
+    backbone = net.backbone
+    info = ModelInfo("cifar_resnet20", 10, 1, list(SIZE), dataset="fashion-mnist")
+    for kind, model, prefix, message in (
+        # tracing the exits meets the misfit
+        ("multi-exit", net, "backbone.", r"expected input\[1, 8, 28, 28\] to have 16 channels"),
+        # a plain network has no exits to trace: the trial run at load meets it
+        (
+            "full",
+            backbone,
+            "",
+            r"the full cifar_resnet20 .*does not run on its input size \[1, 28, 28\] \(RuntimeError",
+        ),
+    ):
+        path = tmp_path / f"{kind}.safetensors"
+        save_model(model, path, _info(net) if kind == "multi-exit" else info)
+        state = model.state_dict()
+        # a pruning that halved layer1.0's first convolution and its BatchNorm but not the convolution after them
+        conv, bn = f"{prefix}layer1.0.conv1", f"{prefix}layer1.0.bn1"
+        tensors = {f"{conv}.weight": state[f"{conv}.weight"][:8].contiguous()}
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            tensors[f"{bn}.{k}"] = state[f"{bn}.{k}"][:8].contiguous()
+        attrs = {conv: {"out_channels": 8}, bn: {"num_features": 8}}
+        bad = _rewrite(path, tmp_path / f"{kind}-halved.safetensors", tensors, {"attrs": attrs})
+        with pytest.raises(CompactError, match=f"{kind}-halved.safetensors: .*{message}"):
+            load_model(bad)

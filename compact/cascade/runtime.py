@@ -152,7 +152,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise CompactError(f"{path} is not valid JSON ({' '.join(str(exc).split())[:120]})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise CompactError(f"{path} is not a compact cascade manifest")
-    if m.get("format_version") != FORMAT_VERSION:
+    if type(m.get("format_version")) is not int or m["format_version"] != FORMAT_VERSION:  # noqa: E721
         raise CompactError(
             f"{path} has cascade format version {m.get('format_version')!r}; this compact reads {FORMAT_VERSION}"
         )

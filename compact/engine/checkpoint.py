@@ -57,7 +57,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CompactError(f"checkpoint {path} is corrupt or truncated ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CompactError(f"{path} is not a compact checkpoint")
-    if state.get("format_version") != FORMAT_VERSION:
+    if type(state.get("format_version")) is not int or state["format_version"] != FORMAT_VERSION:  # noqa: E721
         raise CompactError(
             f"checkpoint {path} has format version {state.get('format_version')!r}; this compact reads {FORMAT_VERSION}"
         )
