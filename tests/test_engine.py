@@ -360,3 +360,70 @@ def test_eval_every_n_epochs_skips_evaluation_between(tmp_path):
     evaluated = [all(e is not None for e in r["test_error_pct"]) for r in history]
     assert evaluated == [False, True, True]  # epoch 2, and the last epoch always
     assert [o["test_error_pct"] for o in summary["outputs"]] == history[-1]["test_error_pct"]
+
+
+def test_a_crafted_method_state_is_refused_and_never_changes_the_sgd_settings():
+    """Found by mutating checkpoints at random: a momentum buffer that is not a tensor of its parameter's
+    shape used to pass load_state_dict and crash the first update as an internal error; a checkpoint's SGD
+    settings used to replace the run's. Now damaged state is refused, and settings stay the run's own."""
+    import copy
+
+    from compact import attach_exits, create_method, create_model
+
+    torch.manual_seed(0)
+    net = attach_exits(create_model("cifar_resnet20", num_classes=10, in_chans=1), 3, input_size=(1, 16, 16))
+    method = create_method("mwbp", net)
+    method.train_step(torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3]))
+    good = method.state_dict()
+    first = next(iter(good["optimizers"][0]["state"]))
+    buffer = good["optimizers"][0]["state"][first]["momentum_buffer"]
+
+    def crafted(change):
+        state = copy.deepcopy(good)
+        change(state)
+        return state
+
+    def set_buffer(value):
+        return crafted(lambda s: s["optimizers"][0]["state"][first].update(momentum_buffer=value))
+
+    cases = {
+        "a dict, not a tensor": set_buffer({"a": 1}),
+        "shape": set_buffer(torch.zeros(buffer.numel() + 1)),
+        "NaN": set_buffer(torch.full_like(buffer, float("nan"))),
+        "lr": crafted(lambda s: s.update(lr=float("nan"))),
+        "nu": crafted(lambda s: s["weighting"].update(initial_nu=5.0)),
+        "decays": crafted(lambda s: s["weighting"].update(decays=-1)),
+        "decays overflow nu": crafted(lambda s: s["weighting"].update(decays=True)),
+    }
+    messages = {
+        "a dict, not a tensor": "momentum_buffer is a dict, not a tensor",
+        "shape": "must be floating point, of the parameter's shape, finite",
+        "NaN": "must be floating point, of the parameter's shape, finite",
+        "lr": "stored learning rate must be a finite number",
+        "nu": "starts at nu = 5.0, this run at nu = 2",
+        "decays": "-1 learning-rate decays",
+        "decays overflow nu": "True learning-rate decays",
+    }
+    for name, state in cases.items():
+        with pytest.raises(CompactError, match=messages[name]):
+            create_method("mwbp", net).load_state_dict(state)
+    # settings in the checkpoint are not the run's: momentum, Nesterov, weight decay and lr scale stay
+    hostile = crafted(
+        lambda s: [
+            g.update(momentum=1e9, nesterov="yes", weight_decay=float("nan"), lr_scale=1e9, dampening=0.5)
+            for o in s["optimizers"]
+            for g in o["param_groups"]
+        ]
+    )
+    fresh = create_method("mwbp", net)
+    fresh.load_state_dict(hostile)
+    for opt in fresh.optimizers:
+        for g in opt.param_groups:
+            assert (g["momentum"], g["nesterov"], g["weight_decay"], g["lr_scale"], g["dampening"]) == (
+                0.9, True, 5e-4, 1.0, 0
+            )  # fmt: skip
+    # and the honest state still restores the momentum exactly
+    fresh.load_state_dict(good)
+    assert torch.equal(
+        fresh.optimizers[0].state[fresh.optimizers[0].param_groups[0]["params"][0]]["momentum_buffer"], buffer
+    )

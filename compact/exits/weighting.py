@@ -37,6 +37,8 @@ for _s in (Schedule("constant", 2.0, 1.0), Schedule("adaptive-1", 0.5, 2.0), Sch
     SCHEDULES.register(_s.name)(_s)
 
 MIN_GAMMA = 0.01
+#: most learning-rate decays a stored schedule state may count (the paper's schedules decay 2 or 3 times)
+MAX_DECAYS = 1000
 
 
 def loss_weights(depths: Sequence[int], nu: float) -> list[float]:
@@ -87,8 +89,15 @@ class LossWeighting:
             raise CompactError(
                 f"weighting state is for schedule {state.get('schedule')!r}, this run uses {self.schedule.name!r}"
             )
-        self.initial_nu = float(state["initial_nu"])
-        self.decays = int(state["decays"])
+        nu, decays = state.get("initial_nu"), state.get("decays")
+        if nu != self.initial_nu:
+            raise CompactError(f"weighting state starts at nu = {nu!r}, this run at nu = {self.initial_nu:g}")
+        if not isinstance(decays, int) or isinstance(decays, bool) or not 0 <= decays <= MAX_DECAYS:
+            raise CompactError(
+                f"weighting state has {decays!r} learning-rate decays; expected an integer in 0..{MAX_DECAYS}"
+            )
+        self.decays = decays
+        loss_weights(self.depths, self.nu)  # nu after the decays must still be finite
 
     def __repr__(self) -> str:
         g = ", ".join(f"{x:.3f}" for x in self.gammas())

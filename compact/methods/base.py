@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from compact._numbers import is_finite_number
 from compact._registry import Registry
 from compact.errors import CompactError
 from compact.exits.network import MultiExitNet
@@ -207,6 +208,10 @@ class BPMethod(ABC):
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore optimizer, weighting and loss-scale state saved by :meth:`state_dict` (a checkpoint, which
+        may be damaged or crafted): every momentum buffer must have its parameter's shape and finite values,
+        and the SGD settings (momentum, Nesterov, weight decay, each group's role and lr scale) stay the run's
+        own; a checkpoint restores state, never settings."""
         if state.get("method") != self.name:
             raise CompactError(f"state is for method {state.get('method')!r}, not {self.name!r}")
         if len(state["optimizers"]) != len(self.optimizers):
@@ -214,12 +219,30 @@ class BPMethod(ABC):
                 f"state has {len(state['optimizers'])} optimizers, "
                 f"{self.name} on this network has {len(self.optimizers)}"
             )
+        lr = state["lr"]
+        if not is_finite_number(lr) or lr < 0:
+            raise CompactError(f"the stored learning rate must be a finite number >= 0, got {lr!r}")
         self.weighting.load_state_dict(state["weighting"])
-        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+        for i, (opt, s) in enumerate(zip(self.optimizers, state["optimizers"], strict=True)):
+            settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
             opt.load_state_dict(s)
+            for g, own in zip(opt.param_groups, settings, strict=True):
+                g.update(own)
+            for p in (p for g in opt.param_groups for p in g["params"]):
+                for key, value in opt.state.get(p, {}).items():
+                    if value is None:  # SGD keeps no momentum buffer before the first step
+                        continue
+                    if not isinstance(value, torch.Tensor):
+                        raise CompactError(f"optimizer {i}'s {key} is a {type(value).__name__}, not a tensor")
+                    ok = value.shape == p.shape and value.is_floating_point() and bool(torch.isfinite(value).all())
+                    if not ok:
+                        raise CompactError(
+                            f"optimizer {i}'s {key} for a {tuple(p.shape)} parameter is a {value.dtype} tensor of "
+                            f"shape {tuple(value.shape)}; it must be floating point, of the parameter's shape, finite"
+                        )
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        self.lr = float(state["lr"])
+        self.lr = float(lr)
         self._apply_lr()
 
 
