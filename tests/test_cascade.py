@@ -252,7 +252,14 @@ def test_cascade_bad_input(resnet_cascade, tmp_path, capsys):
     (escaping / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(CompactError, match="plain .onnx name"):
         Cascade(escaping)
-    for key, value, message in (("source", "x", "source must be a mapping"), ("dataset", 3, "dataset must be a name")):
+    for key, value, message in (
+        ("source", "x", "source must be a mapping"),
+        ("dataset", 3, "dataset must be a name"),
+        # Cascade.normalize divides by them: a name or a zero used to pass the manifest check
+        ("mean", ["input"], r"mean must be null or one finite number per input channel \(1\)"),
+        ("std", [0.0], r"std must be null or one finite number > 0 per input channel \(1\)"),
+        ("classes", {"a": 1}, "classes must be null or 10 names"),
+    ):
         m = json.loads((folder / "manifest.json").read_text())
         m[key] = value  # found by mutating every manifest field: an internal error (AttributeError)
         (escaping / "manifest.json").write_text(json.dumps(m))

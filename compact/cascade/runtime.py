@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from compact._numbers import is_finite_number
 from compact.cascade.export import FORMAT, FORMAT_VERSION, MANIFEST, sha256
 from compact.errors import CompactError
 
@@ -170,6 +171,22 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     for key in ("arch", "dataset"):
         if not isinstance(m.get(key), str | None):
             raise CompactError(f"{path}: {key} must be a name, got {m[key]!r:.60}")
+    for key, positive in (("mean", False), ("std", True)):  # Cascade.normalize divides by them
+        v = m.get(key)
+        if v is not None and not (
+            isinstance(v, list)
+            and len(v) == size[0]
+            and all(is_finite_number(x) and (x > 0 or not positive) for x in v)
+        ):
+            more = " > 0" if positive else ""
+            raise CompactError(
+                f"{path}: {key} must be null or one finite number{more} per input channel ({size[0]}), got {v!r:.60}"
+            )
+    classes = m.get("classes")
+    if classes is not None and not (
+        isinstance(classes, list) and len(classes) == m["num_classes"] and all(isinstance(c, str) for c in classes)
+    ):
+        raise CompactError(f"{path}: classes must be null or {m['num_classes']} names, got {classes!r:.60}")
     for what, items in (("segment", segments), ("static", statics)):
         for i, s in enumerate(items):
             if not isinstance(s, dict):
