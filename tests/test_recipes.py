@@ -582,6 +582,17 @@ def test_a_damaged_cascade_study_is_a_clear_report_error(demo_run, tmp_path, cap
             "(epoch 1) has 4 test errors for 3 outputs",
         ),  # fmt: skip
         ("standard/seed0/metrics.jsonl", lambda t: "", "a finished run has no epochs"),
+        # an error that no test set can give was drawn and tabulated as it stood
+        (
+            "mwbp/seed0/metrics.jsonl",
+            lambda t: re.sub(r'"test_error_pct": \[[0-9.]+', '"test_error_pct": [250.0', t, count=1),
+            "(epoch 1) has a test error outside 0..100%",
+        ),  # fmt: skip
+        (
+            "mwbp/seed0/summary.json",
+            lambda t: re.sub(r'"test_error_pct": [0-9.]+', '"test_error_pct": -3.5', t, count=1),
+            "test error -3.5 lies outside 0..100%",
+        ),  # fmt: skip
         # an output index beyond the outputs was an internal IndexError; a repeated one would merge two outputs
         ("mwbp/seed0/summary.json", lambda t: t.replace('"output": 0', f'"output": {10**30}', 1), "index in 0..2"),
         ("mwbp/seed0/summary.json", lambda t: t.replace('"output": 1', '"output": 0', 1), "its own 'output' index"),

@@ -105,9 +105,12 @@ def _field(data: dict[str, Any], key: str, path: Path, kind: type | tuple[type, 
     return value
 
 
-def _error_value(value: Any) -> float | None:
-    """A test error as a finite float, or None for a failed (NaN, infinite, missing) one."""
+def _error_value(value: Any, path: Path) -> float | None:
+    """A test error as a finite float, or None for a failed (NaN, infinite, missing) one; a number outside
+    0..100% is a damaged file, never a table entry."""
     if is_finite_number(value):
+        if not 0 <= value <= 100:
+            raise CompactError(f"{path} is damaged: test error {value!r} lies outside 0..100%")
         return float(value)
     return None
 
@@ -214,8 +217,8 @@ def _check_study_fields(result: dict[str, Any], path: Path, width: int | None) -
         raise damaged("'operating_point' must give its goal, threshold, and validation and test figures")
 
 
-def _add_error(m: Model, value: Any, seed: int, failed: list[str]) -> None:
-    err = _error_value(value)
+def _add_error(m: Model, value: Any, seed: int, failed: list[str], path: Path) -> None:
+    err = _error_value(value, path)
     if err is None:
         m.failed.append(seed)
         failed.append(f"{m.name} seed {seed} (test error {value!r})")
@@ -265,7 +268,7 @@ def collect(run: Path) -> RunResults:
                 m = models.setdefault(
                     (entry.name, None), Model(entry.name, entry.label, "prune", method, None, 1, None)
                 )
-                _add_error(m, errors.get("final"), seed, failed)
+                _add_error(m, errors.get("final"), seed, failed, path)
                 _add_profile(m, folder / "pruned.profile.json", missing, f"{entry.name} seed {seed}")
                 continue
             path = folder / "summary.json"
@@ -286,7 +289,7 @@ def collect(run: Path) -> RunResults:
                 m = models.setdefault(
                     (entry.name, k), Model(entry.name, entry.label, entry.kind, method, k, len(outputs), depth)
                 )
-                _add_error(m, row["test_error_pct"], seed, failed)
+                _add_error(m, row["test_error_pct"], seed, failed, path)
                 profile = folder / "exports" / f"output{k}.profile.json"
                 _add_profile(m, profile, missing, f"{entry.name} seed {seed} output {k}")
     return RunResults(recipe, settings, list(models.values()), missing, seeds, failed, cascades, reused, finished)

@@ -31,6 +31,8 @@ def _history(path: Path, outputs: int | None) -> list[dict[str, Any]]:
             raise CompactError(
                 f"{path} is damaged: record {n} (epoch {epoch}): 'test_error_pct' is not a list of numbers"
             )
+        if any(is_finite_number(v) and not 0 <= v <= 100 for v in errors):
+            raise CompactError(f"{path} is damaged: record {n} (epoch {epoch}) has a test error outside 0..100%")
         if outputs is not None and len(errors) != outputs:
             raise CompactError(
                 f"{path} is damaged: record {n} (epoch {epoch}) has {len(errors)} test errors for {outputs} outputs"
