@@ -169,6 +169,24 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    "names",
+    [7, [b"a"] * 9, [b"\xff\xfe"] * 10, [b""] * 10, [1] * 10],
+    ids=["not-a-list", "nine-names", "not-utf8", "empty-names", "numbers"],
+)
+def test_a_damaged_class_name_file_is_refused_by_name(tmp_path, names):
+    """batches.meta's names become a model file's classes: a list that is not CIFAR-10's ten names used to
+    be an internal TypeError or UnicodeDecodeError, or ten classes with nine names."""
+    import pickle
+
+    from compact.data import load_cifar
+
+    _fake_cifar10_py(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+    with pytest.raises(CompactError, match=r"batches.meta: label_names must list 10 class names"):
+        load_cifar("cifar10", tmp_path)
+
+
 def test_missing_cifar_names_the_expected_layout(tmp_path):
     from compact.data import load_cifar
 

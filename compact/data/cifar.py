@@ -136,9 +136,23 @@ def _class_names(spec: _Cifar, kind: str, directory: Path) -> list[str] | None:
     if kind != "py" or not meta.is_file():
         return None
     names = safe_unpickle(meta)
-    if isinstance(names, dict) and spec.meta_key in names:
-        return [n.decode() if isinstance(n, bytes) else str(n) for n in names[spec.meta_key]]
-    return None
+    if not isinstance(names, dict) or spec.meta_key not in names:
+        return None
+    listed = names[spec.meta_key]
+    try:
+        decoded = [n.decode() if isinstance(n, bytes) else n for n in listed]
+    except (TypeError, UnicodeDecodeError):
+        decoded = None
+    if (
+        not isinstance(listed, list)
+        or decoded is None
+        or len(decoded) != spec.num_classes
+        or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in decoded)
+    ):
+        raise CompactError(
+            f"{meta}: {spec.meta_key.decode()} must list {spec.num_classes} class names (corrupt, or not {spec.name}'s)"
+        )
+    return decoded
 
 
 def load_cifar(
