@@ -635,6 +635,32 @@ def test_a_damaged_job_file_stops_a_resumed_run_with_its_name(demo_run, tmp_path
     assert message in err and str(run / rel) in err and len(err.splitlines()) == 1
 
 
+@needs_fmnist
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: r["before"].update(params=0),  # the reductions divide by it: was a ZeroDivisionError
+        lambda r: r.pop("before"),  # was a KeyError
+        lambda r: r.update(test_error_pct=[]),  # was a TypeError
+        lambda r: r.update(target_macs="half"),
+    ],
+    ids=["zero-params", "no-before", "errors-list", "target-text"],
+)
+def test_a_damaged_pruning_plan_stops_a_resumed_job_with_its_name(demo_run, tmp_path, capsys, change):
+    """Found by reading what finishing a resumed pruning job computes with: each field of the plan's report
+    it uses is checked, so a damaged plan is a one-line error, never an internal one."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    plan_path = run / "deep-l1" / "seed0" / "plan.json"
+    plan = json.loads(plan_path.read_text())
+    change(plan["report"])
+    plan_path.write_text(json.dumps(plan))
+    (run / "deep-l1" / "seed0" / "done.json").unlink()
+    assert main(["run", str(BASELINES / "demo.yaml"), "--smoke", "--no-progress", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{plan_path} is damaged (its report needs positive counts" in err and len(err.splitlines()) == 1
+
+
 def test_cifar10_table1_covers_every_row_and_runs_with_smoke(tmp_path):
     """Every row of the paper's Table 1 is an entry; one entry per network (its standard baseline and its
     MW-BP row) runs with --smoke on stand-in data at 8x8 (the whole recipe takes minutes on a CPU)."""

@@ -320,6 +320,7 @@ def _finish_resumed(out: Path, progress, log) -> dict[str, Any]:
     plan = read_json_object(out / PLAN, remedy)
     if not isinstance(plan.get("report"), dict) or not isinstance(plan.get("config"), dict):
         raise CompactError(f"{out / PLAN} is damaged (its report or config is missing); {remedy}")
+    _check_plan_report(plan["report"], out / PLAN, remedy)
     cfg = open_run(out).config if (out / "config.yaml").is_file() else None
     if cfg is None:
         from compact.engine import TrainConfig
@@ -329,6 +330,29 @@ def _finish_resumed(out: Path, progress, log) -> dict[str, Any]:
     else:
         train(cfg, out, resume=True, progress=progress, log=log, callbacks=_callbacks(cfg))
     return _finish_run(out, plan["report"], log)
+
+
+def _check_plan_report(report: dict[str, Any], path: Path, remedy: str) -> None:
+    """The fields of a stored plan's report that finishing the job computes with: the counts before pruning
+    (positive integers: the reductions divide by them), the target (null or a positive integer), the
+    errors measured so far (a mapping) and how MACs were counted."""
+
+    def positive(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    before = report.get("before")
+    target = report.get("target_macs")
+    if not (
+        isinstance(before, dict)
+        and all(positive(before.get(k)) for k in ("params", "macs", "macs_conv_linear"))
+        and (target is None or positive(target))
+        and isinstance(report.get("test_error_pct"), dict)
+        and isinstance(report.get("counted_as", ""), str)
+    ):
+        raise CompactError(
+            f"{path} is damaged (its report needs positive counts before pruning, a target, the errors so far); "
+            f"{remedy}"
+        )
 
 
 def _tp_version() -> str:
