@@ -265,6 +265,13 @@ def test_cascade_bad_input(resnet_cascade, tmp_path, capsys):
         (escaping / "manifest.json").write_text(json.dumps(m))
         with pytest.raises(CompactError, match=message):
             Cascade(escaping)
+    # a segment's MAC count changed by hand: the trunks no longer add up to the full network, as every
+    # export checks, so reading refuses it instead of printing the changed figure
+    m = json.loads((folder / "manifest.json").read_text())
+    m["segments"][0]["macs"]["trunk"]["total"] -= 1000
+    (escaping / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CompactError, match=r"manifest.json: the segments' MACs \([0-9,]+\) do not add up"):
+        Cascade(escaping)
     (escaping / "manifest.json").write_text("{not json")
     assert main(["cascade", str(escaping), "--latency-images", "0"]) == 2
     assert "not valid JSON" in capsys.readouterr().err

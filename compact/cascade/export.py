@@ -145,11 +145,19 @@ def export_cascade(net: nn.Module, info: Any, out: str | Path, overwrite: bool =
     return manifest
 
 
-def _check_accounting(manifest: dict[str, Any], got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
-    """The cascade's trunks add up to the full network's MACs (no feature computed twice or skipped)."""
+def macs_add_up(manifest: dict[str, Any]) -> str | None:
+    """None when the segments' trunk MACs add up to the full network's (no feature computed twice or
+    skipped), as every export checks; else what does not add up. Reading a manifest checks it again, so
+    that a changed figure in it is refused rather than printed."""
     trunk = sum(s["macs"]["trunk"]["total"] for s in manifest["segments"])
     full = manifest["static"][-1]["macs"]["total"]
-    if trunk != full:
-        raise CompactError(f"the segments' MACs ({trunk:,}) do not add up to the full network's ({full:,})")
+    return None if trunk == full else f"the segments' MACs ({trunk:,}) do not add up to the full network's ({full:,})"
+
+
+def _check_accounting(manifest: dict[str, Any], got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
+    """The cascade's trunks add up to the full network's MACs, and it gives one output per exit."""
+    wrong = macs_add_up(manifest)
+    if wrong:
+        raise CompactError(wrong)
     if len(got) != len(expected):
         raise CompactError("the cascade does not give one output per exit")

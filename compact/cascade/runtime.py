@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from compact._numbers import is_finite_number
-from compact.cascade.export import FORMAT, FORMAT_VERSION, MANIFEST, sha256
+from compact.cascade.export import FORMAT, FORMAT_VERSION, MANIFEST, macs_add_up, sha256
 from compact.errors import CompactError
 
 RULES = ("maxprob", "margin", "entropy")
@@ -205,6 +205,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
                         raise CompactError(f"{path}: segment {i} needs a list of {key} names")
     if len(statics) != len(segments):
         raise CompactError(f"{path}: {len(segments)} segments but {len(statics)} static references")
+    wrong = macs_add_up(m)
+    if wrong:
+        raise CompactError(f"{path}: {wrong}")
     return m
 
 
