@@ -22,3 +22,17 @@ def is_number(value: Any) -> bool:
 def is_finite_number(value: Any) -> bool:
     """An int or float that is not a bool, NaN or infinite."""
     return is_number(value) and math.isfinite(value)
+
+
+def is_count(value: Any, low: int = 0) -> bool:
+    """An int that is not a bool, at least ``low``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def is_finite_list(value: Any, length: int, positive: bool = False) -> bool:
+    """A list of ``length`` finite numbers (each > 0 with ``positive``): a normalisation's mean or std."""
+    return (
+        isinstance(value, list)
+        and len(value) == length
+        and all(is_finite_number(x) and (x > 0 or not positive) for x in value)
+    )

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from compact._atomic import atomic_path
-from compact._numbers import MAX_SEED, is_finite_number
+from compact._numbers import MAX_SEED, is_count, is_finite_list, is_finite_number
 from compact._version import __version__
 from compact.errors import CompactError
 
@@ -87,7 +87,7 @@ class ModelInfo:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CompactError(f"{path} is not a compact model file (no {FORMAT!r} description)")
         version = data.get("format_version")
-        if type(version) is not int or version != FORMAT_VERSION:  # noqa: E721 (True == 1 must not pass)
+        if not is_count(version) or version != FORMAT_VERSION:  # True == 1 must not pass
             raise CompactError(
                 f"{path} has model-file format version {version}; this compact ({__version__}) reads version "
                 f"{FORMAT_VERSION}"
@@ -152,11 +152,7 @@ def _check_info(info: ModelInfo) -> None:
         _fail("attrs must map module names to {attribute: value}", info.attrs)
     for key, positive in (("mean", False), ("std", True)):
         v = getattr(info, key)
-        if v is not None and (
-            not isinstance(v, list)
-            or len(v) != info.in_chans
-            or not all(is_finite_number(x) and (x > 0 or not positive) for x in v)
-        ):
+        if v is not None and not is_finite_list(v, info.in_chans, positive):
             _fail(f"{key} must be a list of {info.in_chans} finite numbers" + (" > 0" if positive else ""), v)
     if info.classes is not None and (
         not isinstance(info.classes, list)
@@ -394,11 +390,10 @@ def _check_layer_shapes(module: nn.Module, path: Path | str, prefix: str = "") -
             )
 
 
-def _check_values(tensors: dict[str, torch.Tensor], module: nn.Module, path: Path | str) -> None:
+def _check_values(tensors: dict[str, torch.Tensor], current: dict[str, torch.Tensor], path: Path | str) -> None:
     """Every stored tensor has the kind of values its module holds (floating point where the module has
     floating point, integers where integers, never complex) and no NaN or infinity: compact never writes a
-    file with non-finite weights, so one that has them is corrupt or crafted."""
-    current = module.state_dict()
+    file with non-finite weights, so one that has them is corrupt or crafted. ``current``: the module's state."""
     for key, t in tensors.items():
         if t.is_complex() or (key in current and t.is_floating_point() != current[key].is_floating_point()):
             want = current[key].dtype if key in current else "a real dtype"
@@ -412,7 +407,8 @@ def _check_values(tensors: dict[str, torch.Tensor], module: nn.Module, path: Pat
 def _load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], info: ModelInfo, path: Path | str) -> None:
     tensors = _stored(tensors)
     _conform(module, {k: tuple(t.shape) for k, t in tensors.items()}, info.attrs, traced=info.kind == "exit")
-    expected = set(_stored(module.state_dict()))
+    current = module.state_dict()
+    expected = set(_stored(current))
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
         raise CompactError(
@@ -420,11 +416,11 @@ def _load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], info: Mod
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
         )
-    _check_values(tensors, module, path)
+    _check_values(tensors, current, path)
     # a safetensors file keeps no state-dict metadata; modules that read their version from it (torchvision's
     # MNASNet refuses to load without one) get the versions of the code that rebuilt them
     tensors = OrderedDict(tensors)
-    tensors._metadata = getattr(module.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    tensors._metadata = getattr(current, "_metadata", None)  # type: ignore[attr-defined]
     try:
         module.load_state_dict(tensors, strict=False)  # every stored key was checked above; constants stay
     except RuntimeError as exc:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from compact._numbers import is_finite_number
+from compact._numbers import is_count, is_finite_list
 from compact.cascade.export import FORMAT, FORMAT_VERSION, MANIFEST, macs_add_up, sha256
 from compact.errors import CompactError
 
@@ -153,7 +153,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise CompactError(f"{path} is not valid JSON ({' '.join(str(exc).split())[:120]})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise CompactError(f"{path} is not a compact cascade manifest")
-    if type(m.get("format_version")) is not int or m["format_version"] != FORMAT_VERSION:  # noqa: E721
+    if not is_count(m.get("format_version")) or m["format_version"] != FORMAT_VERSION:
         raise CompactError(
             f"{path} has cascade format version {m.get('format_version')!r}; this compact reads {FORMAT_VERSION}"
         )
@@ -173,11 +173,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             raise CompactError(f"{path}: {key} must be a name, got {m[key]!r:.60}")
     for key, positive in (("mean", False), ("std", True)):  # Cascade.normalize divides by them
         v = m.get(key)
-        if v is not None and not (
-            isinstance(v, list)
-            and len(v) == size[0]
-            and all(is_finite_number(x) and (x > 0 or not positive) for x in v)
-        ):
+        if v is not None and not is_finite_list(v, size[0], positive):
             more = " > 0" if positive else ""
             raise CompactError(
                 f"{path}: {key} must be null or one finite number{more} per input channel ({size[0]}), got {v!r:.60}"

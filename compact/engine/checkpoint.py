@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from compact._atomic import atomic_path
+from compact._numbers import is_count
 from compact.errors import CompactError
 
 FORMAT = "compact.checkpoint"
@@ -57,7 +58,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CompactError(f"checkpoint {path} is corrupt or truncated ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CompactError(f"{path} is not a compact checkpoint")
-    if type(state.get("format_version")) is not int or state["format_version"] != FORMAT_VERSION:  # noqa: E721
+    if not is_count(state.get("format_version")) or state["format_version"] != FORMAT_VERSION:
         raise CompactError(
             f"checkpoint {path} has format version {state.get('format_version')!r}; this compact reads {FORMAT_VERSION}"
         )

@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from compact._numbers import is_count
 from compact._registry import Registry
 from compact.errors import CompactError
 
@@ -92,7 +93,7 @@ class LossWeighting:
         nu, decays = state.get("initial_nu"), state.get("decays")
         if nu != self.initial_nu:
             raise CompactError(f"weighting state starts at nu = {nu!r}, this run at nu = {self.initial_nu:g}")
-        if not isinstance(decays, int) or isinstance(decays, bool) or not 0 <= decays <= MAX_DECAYS:
+        if not is_count(decays) or decays > MAX_DECAYS:
             raise CompactError(
                 f"weighting state has {decays!r} learning-rate decays; expected an integer in 0..{MAX_DECAYS}"
             )

@@ -24,6 +24,7 @@ from torch import nn
 
 from compact._atomic import refuse_links, write_text
 from compact._jsonfile import read_json_object
+from compact._numbers import is_count
 from compact.engine.distributed import barrier, from_env
 from compact.errors import CompactError
 from compact.profile import conv_linear_macs, count
@@ -337,15 +338,12 @@ def _check_plan_report(report: dict[str, Any], path: Path, remedy: str) -> None:
     (positive integers: the reductions divide by them), the target (null or a positive integer), the
     errors measured so far (a mapping) and how MACs were counted."""
 
-    def positive(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
     before = report.get("before")
     target = report.get("target_macs")
     if not (
         isinstance(before, dict)
-        and all(positive(before.get(k)) for k in ("params", "macs", "macs_conv_linear"))
-        and (target is None or positive(target))
+        and all(is_count(before.get(k), 1) for k in ("params", "macs", "macs_conv_linear"))
+        and (target is None or is_count(target, 1))
         and isinstance(report.get("test_error_pct"), dict)
         and isinstance(report.get("counted_as", ""), str)
     ):

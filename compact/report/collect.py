@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from compact._jsonfile import read_json_object
-from compact._numbers import is_finite_number
+from compact._numbers import is_count, is_finite_number
 from compact.errors import CompactError
 from compact.recipes.runner import DONE, entry_dir, seeds_of
 from compact.recipes.schema import Recipe, parse_recipe
@@ -166,10 +166,6 @@ def _check_study(result: dict[str, Any], path: Path) -> None:
     _check_study_fields(result, path, width)
 
 
-def _count(value: Any, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
 def _check_study_fields(result: dict[str, Any], path: Path, width: int | None) -> None:
     """The study's other fields that the report prints: one exit cost per share column, counts, the timing
     settings and the operating point."""
@@ -181,9 +177,9 @@ def _check_study_fields(result: dict[str, Any], path: Path, width: int | None) -
     if result["rule"] not in RULES:
         raise damaged(f"'rule' must be one of {', '.join(RULES)}")
     macs = result.get("exit_macs")
-    if not isinstance(macs, list) or len(macs) != width or not all(_count(v) for v in macs):
+    if not isinstance(macs, list) or len(macs) != width or not all(is_count(v) for v in macs):
         raise damaged("'exit_macs' must give one MAC count per exit of the sweep")
-    if not _count(result.get("test_images"), 1):
+    if not is_count(result.get("test_images"), 1):
         raise damaged("'test_images' must be a positive count")
     temps = result.get("temperatures")
     if temps is not None and not (isinstance(temps, list) and all(is_finite_number(t) and t > 0 for t in temps)):
@@ -191,10 +187,10 @@ def _check_study_fields(result: dict[str, Any], path: Path, width: int | None) -
     lat = result.get("latency")
     if lat is not None and not (
         isinstance(lat, dict)
-        and _count(lat.get("images"), 1)
-        and _count(lat.get("rounds"), 1)
+        and is_count(lat.get("images"), 1)
+        and is_count(lat.get("rounds"), 1)
         and isinstance(lat.get("batches"), list)
-        and all(_count(b, 1) for b in lat["batches"])
+        and all(is_count(b, 1) for b in lat["batches"])
     ):
         raise damaged("'latency' must give the timed images, rounds and batch sizes")
     op = result.get("operating_point")
@@ -212,7 +208,7 @@ def _check_study_fields(result: dict[str, Any], path: Path, width: int | None) -
         and all(g is None or is_finite_number(g) for g in goals)
         and point(op.get("validation"))
         and point(op.get("test"))
-        and _count(result.get("validation_images"), 1)
+        and is_count(result.get("validation_images"), 1)
     ):
         raise damaged("'operating_point' must give its goal, threshold, and validation and test figures")
 
