@@ -187,6 +187,36 @@ def test_a_damaged_class_name_file_is_refused_by_name(tmp_path, names):
         load_cifar("cifar10", tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (["3"] * 20, "must list one integer label per image"),  # used to be parsed as 3
+        ([0.5] * 20, "must list one integer label per image"),  # used to be truncated to 0
+        ([True] * 20, "must list one integer label per image"),  # used to be class 1
+        (3, "must list one integer label per image"),  # a scalar: internal TypeError
+        ([[1, 2]] * 20, "must list one integer label per image"),  # 2-D: internal ValueError
+        ([2**70] * 20, "must list one integer label per image"),  # internal OverflowError
+        ([{}] * 20, "must list one integer label per image"),  # object array: internal TypeError
+        ("uint64", r"data_batch_2 are outside 0\.\.9"),  # 2**63 wrapped to a negative int64 with a warning
+    ],
+    ids=["strings", "floats", "bools", "scalar", "2-d", "huge-int", "objects", "uint64"],
+)
+def test_labels_that_are_not_one_integer_per_image_are_refused_by_name(tmp_path, labels, message):
+    import pickle
+
+    import numpy as np
+
+    from compact.data import load_cifar
+
+    _fake_cifar10_py(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    batch = pickle.loads(path.read_bytes())
+    batch[b"labels"] = np.full(20, 2**63, dtype=np.uint64) if labels == "uint64" else labels
+    path.write_bytes(pickle.dumps(batch))
+    with pytest.raises(CompactError, match=f"data_batch_2.*{message}" if "integer" in message else message):
+        load_cifar("cifar10", tmp_path)
+
+
 def test_missing_cifar_names_the_expected_layout(tmp_path):
     from compact.data import load_cifar
 

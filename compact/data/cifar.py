@@ -111,14 +111,29 @@ def _locate(spec: _Cifar, data_dir: Path) -> tuple[str, Path] | None:
     return None
 
 
+def _array(value: object) -> np.ndarray | None:
+    """``value`` as a numpy array, or None when it is not array-like (ragged lists, huge Python ints)."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return None if array.dtype.kind == "O" else array
+
+
 def _read_py(spec: _Cifar, path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = safe_unpickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or spec.label_key not in batch:
         raise CompactError(f"{path} is not a {spec.name} batch (no {b'data'!r} / {spec.label_key!r} entries)")
-    images = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[spec.label_key])
-    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072 or len(labels) != len(images):
-        raise CompactError(f"{path}: unexpected array shapes {images.shape} / {labels.shape} for {spec.name}")
+    images = _array(batch[b"data"])
+    labels = _array(batch[spec.label_key])
+    if images is None or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
+        raise CompactError(f"{path}: {b'data'!r} must be a uint8 array of shape (N, 3072) for {spec.name}")
+    # integers only: a float label would be truncated, a string parsed, a bool taken for 0/1 -- all silently
+    if labels is None or labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
+        found = "not an array" if labels is None else f"{labels.dtype} of shape {labels.shape}"
+        raise CompactError(
+            f"{path}: {spec.label_key!r} must list one integer label per image ({len(images)}), found {found}"
+        )
     return images.reshape(-1, 3, 32, 32), labels
 
 
@@ -180,9 +195,10 @@ def load_cifar(
     splits = []
     for split, files in (("train", layout.train), ("test", layout.test)):
         parts = [read(spec, directory / f) for f in files]
+        for f, (_, part) in zip(files, parts, strict=True):  # compared as stored: a cast could wrap a uint64
+            if part.size and (part.min() < 0 or part.max() >= spec.num_classes):
+                raise CompactError(f"{name} {split} labels in {directory / f} are outside 0..{spec.num_classes - 1}")
         images = torch.from_numpy(np.concatenate([p[0] for p in parts]).copy())
         labels = torch.from_numpy(np.concatenate([p[1] for p in parts]).astype(np.int64))
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
-            raise CompactError(f"{name} {split} labels in {directory} are outside 0..{spec.num_classes - 1}")
         splits.append(ArrayDataset(images, labels, spec.num_classes, f"{name}/{split}"))
     return splits[0], splits[1], _class_names(spec, kind, directory)
