@@ -183,6 +183,43 @@ def test_a_product_the_counter_cannot_count_is_refused_by_name():
         conv_linear_macs(TimeBatchConv(), (4, 1, 6))
 
 
+class _Prototypes(nn.Module):
+    """Distances of every pixel's features to learnt prototypes, as metric-learning heads compute them."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.prototypes = nn.Parameter(torch.randn(40, 8))
+        self.p = p
+
+    def forward(self, x):
+        return torch.cdist(x.flatten(2).transpose(1, 2), self.prototypes.unsqueeze(0), p=self.p)
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0], ids=["euclidean-kernel", "cdist-kernel"])
+def test_distances_count_one_mac_per_feature_of_each_pair_in_both_counters(p):
+    """``cdist`` runs as ``_euclidean_dist`` (p = 2) or ``_cdist_forward`` (other p); both used to count
+    zero in the ATen counter, and fvcore skipped ``aten::cdist``."""
+    size = (8, 5, 6)  # 30 pixels of 8 features against 40 prototypes
+    c = count(_Prototypes(p), size)
+    assert conv_linear_macs(_Prototypes(p), size) == c.macs_conv_linear == c.macs == 30 * 40 * 8
+    assert c.skipped_ops == {}
+
+
+def test_an_fft_is_refused_by_the_pruning_counter_never_counted_as_zero():
+    class GlobalFilter(nn.Module):  # GFNet's token mixer: a learnt filter applied in the frequency domain
+        def __init__(self):
+            super().__init__()
+            self.filter = nn.Parameter(torch.randn(4, 6, 4, 2))
+
+        def forward(self, x):
+            spectrum = torch.fft.rfft2(x) * torch.view_as_complex(self.filter)
+            return torch.fft.irfft2(spectrum, s=x.shape[-2:])
+
+    with pytest.raises(CompactError, match=r"cannot count the MACs of aten\._fft_c2r, aten\._fft_r2c in GlobalFilter"):
+        conv_linear_macs(GlobalFilter(), (4, 6, 6))
+    assert set(count(GlobalFilter(), (4, 6, 6)).skipped_ops) >= {"aten::fft_rfft2", "aten::fft_irfft2"}
+
+
 @pytest.mark.parametrize(
     "arch, macs, params", [("cifar_resnet56", 125.5e6, 0.85e6), ("cifar_resnet110", 252.9e6, 1.73e6)]
 )

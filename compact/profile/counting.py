@@ -6,14 +6,14 @@ Two counters that agree on convolutions, matrix products and attention:
   eager forward, counted at the ATen level (a ``TorchDispatchMode``), so a functional call
   (``F.linear`` on a bare weight, ``q @ k.T``, fused attention) counts as much as a module does; fast, and
   what the pruning literature reports as "FLOPs" (one fused multiply-add = one MAC). The pruning target
-  search calls it many times. An operator of that kind it has no formula for is an error, never a silent
-  zero.
+  search calls it many times. An operator of that kind it has no formula for (e.g. an FFT, which is not a
+  product of two tensors) is an error, never a silent zero.
 - :func:`count`: fvcore's ``FlopCountAnalysis`` (a traced forward; fvcore counts one fused multiply-add as
   one flop, i.e. MACs) for the total, including normalisation and pooling layers it knows, plus the list of
   operators it skipped, so that a count is never silently low. compact adds handles for fused attention
   (``scaled_dot_product_attention``, and ``_native_multi_head_attention``: ``nn.MultiheadAttention``'s
   inference fast path, projections included) and recurrent layers, which fvcore skips, and for composite
-  products (``matmul``, ``einsum``, ``tensordot``, ``bilinear``, ...), which fvcore skips or miscounts:
+  products (``matmul``, ``einsum``, ``tensordot``, ``bilinear``, ``cdist``, ...), which fvcore skips or miscounts:
   each traced call is replayed on meta tensors under the ATen counter, so the two counters agree on them by
   construction.
 """
@@ -37,7 +37,7 @@ from compact.errors import CompactError
 #: matrix or matrix-vector product, or attention
 _HEAVY_OP = re.compile(
     r"(^|_)conv(olution|_|\d|$)|(^|_)(mm|bmm|addmm|baddbmm|addbmm|addmv|mv|dot|vdot|matmul|einsum|linear)(_|$)"
-    r"|attention|multi_head|rnn|lstm|gru|trilinear"
+    r"|attention|multi_head|rnn|lstm|gru|trilinear|cdist|euclidean_dist|(^|_)fft(_|$)|stft"
 )
 
 
@@ -124,6 +124,14 @@ def _none(args: tuple, out: Any) -> int:
     return 0
 
 
+def _cdist(args: tuple, out: Any) -> int:
+    """``torch.cdist`` (x1 (..., P, M), x2 (..., R, M) -> (..., P, R)): one MAC per output element and
+    feature, M per distance, whichever kernel runs: ``_euclidean_dist`` (p = 2, a product x1 @ x2^T; the
+    squared norms, P + R per batch, are not counted) or ``_cdist_forward`` (one |x - y|^p accumulated per
+    feature)."""
+    return out.numel() * args[0].shape[-1]
+
+
 def _trilinear(args: tuple, out: Any) -> int:
     """``F.bilinear``'s kernel (i1, i2, i3, expand1, expand2, expand3, sumdim, ...): the three inputs, each
     unsqueezed at its ``expand`` dims, are multiplied over their broadcast shape and summed over ``sumdim``;
@@ -164,6 +172,8 @@ _FORMULAS = {
     "_scaled_dot_product_cudnn_attention": _sdpa,
     "_native_multi_head_attention": _mha,
     "_trilinear": _trilinear,
+    "_euclidean_dist": _cdist,
+    "_cdist_forward": _cdist,
     "mkldnn_rnn_layer": _rnn_layer,
     "_cudnn_rnn": _rnn_layer,
     "miopen_rnn": _rnn_layer,
@@ -349,6 +359,7 @@ _FVCORE_PRODUCTS = (
     "linalg_multi_dot",
     "chain_matmul",
     "bilinear",
+    "cdist",
     *(f"{op}_cell" for op in RECURRENT),
 )
 
