@@ -377,6 +377,11 @@ def test_a_crafted_method_state_is_refused_and_never_changes_the_sgd_settings():
     good = method.state_dict()
     first = next(iter(good["optimizers"][0]["state"]))
     buffer = good["optimizers"][0]["state"][first]["momentum_buffer"]
+    n = sum(len(g["params"]) for g in good["optimizers"][0]["param_groups"])
+
+    def shift(s):
+        for g in s["optimizers"][0]["param_groups"]:
+            g["params"] = [q + 1 for q in g["params"]]
 
     def crafted(change):
         state = copy.deepcopy(good)
@@ -394,6 +399,11 @@ def test_a_crafted_method_state_is_refused_and_never_changes_the_sgd_settings():
         "nu": crafted(lambda s: s["weighting"].update(initial_nu=5.0)),
         "decays": crafted(lambda s: s["weighting"].update(decays=-1)),
         "decays overflow nu": crafted(lambda s: s["weighting"].update(decays=True)),
+        # ids are positions: a permutation would hand parameters of one shape each other's momentum
+        "ids permuted": crafted(lambda s: s["optimizers"][0]["param_groups"][0]["params"].reverse()),
+        "ids shifted": crafted(shift),
+        "id a bool": crafted(lambda s: s["optimizers"][0]["param_groups"][0]["params"].__setitem__(1, True)),
+        "state of no parameter": crafted(lambda s: s["optimizers"][0]["state"].update({n + 5: {}})),
     }
     messages = {
         "a dict, not a tensor": "momentum_buffer is a dict, not a tensor",
@@ -403,6 +413,10 @@ def test_a_crafted_method_state_is_refused_and_never_changes_the_sgd_settings():
         "nu": "starts at nu = 5.0, this run at nu = 2",
         "decays": "-1 learning-rate decays",
         "decays overflow nu": "True learning-rate decays",
+        "ids permuted": r"optimizer 0's parameter groups do not list parameters 0\.\.\d+ in order",
+        "ids shifted": r"optimizer 0's parameter groups do not list parameters 0\.\.\d+ in order",
+        "id a bool": r"optimizer 0's parameter groups do not list parameters 0\.\.\d+ in order",
+        "state of no parameter": r"optimizer 0's state is not keyed by parameters 0\.\.\d+",
     }
     for name, state in cases.items():
         with pytest.raises(CompactError, match=messages[name]):

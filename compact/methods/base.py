@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from compact._numbers import is_finite_number
+from compact._numbers import is_count, is_finite_number
 from compact._registry import Registry
 from compact.errors import CompactError
 from compact.exits.network import MultiExitNet
@@ -225,6 +225,7 @@ class BPMethod(ABC):
         self.weighting.load_state_dict(state["weighting"])
         for i, (opt, s) in enumerate(zip(self.optimizers, state["optimizers"], strict=True)):
             settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            _check_param_ids(i, s, opt)
             opt.load_state_dict(s)
             for g, own in zip(opt.param_groups, settings, strict=True):
                 g.update(own)
@@ -244,6 +245,32 @@ class BPMethod(ABC):
             self.scaler.load_state_dict(state["scaler"])
         self.lr = float(lr)
         self._apply_lr()
+
+
+def _check_param_ids(index: int, saved: object, opt: torch.optim.Optimizer) -> None:
+    """torch numbers an optimizer's parameters 0, 1, 2, ... across its groups in order and restores state by
+    position: saved groups whose ids are renumbered or permuted would resume parameters with other
+    parameters' momentum (those of the same shape pass every later check), and state under an id no group
+    lists would be dropped unseen."""
+    sizes = [len(g["params"]) for g in opt.param_groups]
+    expected = list(range(sum(sizes)))
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    listed: list[object] = []
+    for g in groups if isinstance(groups, list) else []:
+        listed.append(g.get("params") if isinstance(g, dict) else None)
+    ids = [q for params in listed if isinstance(params, list) for q in params]
+    if (
+        [len(q) if isinstance(q, list) else None for q in listed] != sizes
+        or ids != expected
+        or not all(is_count(q) for q in ids)
+    ):
+        raise CompactError(
+            f"optimizer {index}'s parameter groups do not list parameters 0..{len(expected) - 1} in order "
+            f"(groups of {sizes} on this network): the checkpoint is damaged or not from this run"
+        )
+    state = saved.get("state")
+    if not isinstance(state, dict) or not all(is_count(k) and k < len(expected) for k in state):
+        raise CompactError(f"optimizer {index}'s state is not keyed by parameters 0..{len(expected) - 1}")
 
 
 def create_method(
