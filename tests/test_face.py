@@ -126,6 +126,27 @@ def test_packed_files_are_read_without_running_code(tmp_path):
         read_packed(tmp_path / "junk.bin")
 
 
+def test_packed_files_too_large_to_decode_are_refused_before_decoding(tmp_path, monkeypatch):
+    """A packed file of a 2 GB limit could hold 50 million 40-byte images (1.9 TB decoded at 112 px: an
+    internal allocation error), or one image whose header declares 49 million pixels (decoded in full)."""
+    from PIL import Image
+
+    import compact.face.verification as verification
+
+    buf = io.BytesIO()
+    Image.new("L", (7000, 7000)).save(buf, format="PNG")  # 49M pixels in a 48 kB file
+    bomb = tmp_path / "bomb.bin"
+    bomb.write_bytes(pickle.dumps(([_jpeg("red"), buf.getvalue()], [True])))
+    with pytest.raises(CompactError, match=r"bomb.bin: image 1 is 7000x7000 pixels, more than 40,000,000"):
+        read_packed(bomb)
+    many = tmp_path / "many.bin"
+    many.write_bytes(pickle.dumps(([_jpeg("red")] * 8, [True] * 4)))
+    monkeypatch.setattr(verification, "DECODED_LIMIT", 3 * 112 * 112 * 7)  # room for 7 images of 112 px
+    with pytest.raises(CompactError, match=r"many.bin: 8 images take 0\.0 GiB at 112 px, more than compact decodes"):
+        read_packed(many)
+    assert read_packed(many, size=32)[0].shape == (8, 3, 32, 32)
+
+
 def test_lfw_pairs_and_missing_images(tmp_path):
     from PIL import Image
 

@@ -21,11 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compact.data.folder import MAX_PIXELS
 from compact.errors import CompactError
 
 FOLDS = 10
 #: largest packed validation file read (the public LFW/CFP-FP/AgeDB-30 files are 50-300 MB)
 PACKED_LIMIT = 2 << 30
+#: most bytes the decoded images of one packed file may take (LFW's 12,000 at 112 px: 450 MB); a file of
+#: millions of tiny images would otherwise ask for terabytes
+DECODED_LIMIT = 8 << 30
 
 
 # -- embeddings ---------------------------------------------------------------------------------------
@@ -163,12 +167,21 @@ def read_packed(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.nda
         raise CompactError(f"{path}: the images must be encoded bytes and the labels booleans")
     if len(blobs) != 2 * len(issame):
         raise CompactError(f"{path}: {len(blobs)} images for {len(issame)} pairs (expected two images per pair)")
+    if len(blobs) * 3 * size * size > DECODED_LIMIT:
+        raise CompactError(
+            f"{path}: {len(blobs):,} images take {len(blobs) * 3 * size * size / 2**30:.1f} GiB at {size} px, "
+            f"more than compact decodes from one packed file ({DECODED_LIMIT >> 30} GiB)"
+        )
     images = torch.empty(len(blobs), 3, size, size, dtype=torch.uint8)
     for i, blob in enumerate(blobs):
         try:
             with Image.open(io.BytesIO(bytes(blob))) as im:
+                if im.width * im.height > MAX_PIXELS:  # read from the header, before anything is decoded
+                    raise CompactError(f"{path}: image {i} is {im.width}x{im.height} pixels, more than {MAX_PIXELS:,}")
                 im = im.convert("RGB").resize((size, size))
                 images[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+        except CompactError:
+            raise
         except Exception as exc:
             raise CompactError(f"{path}: image {i} does not decode ({type(exc).__name__})") from None
     pairs = np.arange(len(blobs)).reshape(-1, 2)
@@ -231,9 +244,13 @@ def load_pairs(
         for i, p in enumerate(paths):
             try:
                 with Image.open(p) as im:
+                    if im.width * im.height > MAX_PIXELS:
+                        raise CompactError(f"{p} is {im.width}x{im.height} pixels, more than {MAX_PIXELS:,}")
                     images[i] = torch.from_numpy(np.asarray(im.convert("RGB").resize((side, side))).copy()).permute(
                         2, 0, 1
                     )
+            except CompactError:
+                raise
             except Exception as exc:
                 raise CompactError(f"{p} does not decode as an image ({type(exc).__name__})") from None
     else:
