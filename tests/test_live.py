@@ -50,12 +50,46 @@ def test_inplace_change_of_activation_is_still_caught():
         z.sum().backward(inputs=[w])
 
 
-def test_tensor_derived_from_parameters_is_refused():
+def test_tensor_derived_from_parameters_is_refused_naming_the_parameters():
     w = nn.Parameter(torch.randn(3, 3))
+    b = nn.Parameter(torch.randn(3))
     x = torch.randn(2, 3, requires_grad=True)
-    with pytest.raises(NonLiveWeightError, match="computed from parameters"):
+    with pytest.raises(NonLiveWeightError, match=r"computed from an unnamed \(3, 3\) tensor \(by MulBackward0\)"):
         with live_parameters([w], x):
             x @ (w * 2.0)
+    with pytest.raises(NonLiveWeightError, match=r"computed from layer.bias, layer.weight \(by AddBackward0\)"):
+        with live_parameters([("layer.weight", w), ("layer.bias", b)], x):
+            x @ (w + b)
+
+
+class _IndexedPositions(nn.Module):
+    """Relative positions read from a learnt table by index inside the forward, as MViTv2's attention does:
+    the indexed table is a value computed from a parameter and saved for backward."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(7, channels) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-1]
+        offsets = torch.arange(h)[:, None] - torch.arange(h)[None, :] + 3  # (h, h) in 0..6 for h <= 4
+        positions = self.table[offsets]  # (h, h, C)
+        return x + torch.einsum("nchw,hwc->nchw", x, positions)
+
+
+def test_mwbp_names_a_parameter_indexed_in_the_forward_and_naive_mwbp_trains_it():
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", in_chans=1)
+    model.layer1[0].add_module("positions", _IndexedPositions(16))
+    block = model.layer1[0]
+    block.forward = (lambda f: lambda x: block.positions(f(x)))(block.forward)
+    net = attach_exits(model, 3, input_size=(1, 4, 4))
+    x, y = torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(NonLiveWeightError, match=r"computed from backbone.layer1.0.positions.table .*naive-mwbp"):
+        create_method("mwbp", net).train_step(x, y)
+    before = block.positions.table.detach().clone()
+    create_method("naive-mwbp", net).train_step(x, y)
+    assert not torch.equal(block.positions.table, before)  # trained, every loss through its own forward
 
 
 def _tiny_net():

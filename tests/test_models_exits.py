@@ -125,6 +125,28 @@ def test_block_discovery_on_timm_and_torchvision(name):
         assert torch.equal(outs[-1], model(x)) and all(o.shape == (2, 7) for o in outs)
 
 
+def test_blocks_that_return_a_tuple_get_exits_at_their_tokens():
+    """timm's MViTv2 blocks return (tokens, feature size): the exit's feature is the tokens, (N, L, C), as a
+    hook on the block sees them, and its head pools over the tokens."""
+    torch.manual_seed(0)
+    model = create_model("timm:mvitv2_tiny", num_classes=5, img_size=32).eval()
+    net = attach_exits(model, 3, input_size=(3, 32, 32)).eval()
+    assert net.exit_nodes == ["stages.2.blocks.0", "stages.2.blocks.3"]  # after blocks 4 and 7 of 10
+    assert [d["feature"] for d in net.describe()[:2]] == ["nlc", "nlc"]
+    seen = {}
+    handle = model.stages[2].blocks[0].register_forward_hook(lambda m, args, out: seen.update(out=out))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)  # the plain network, which calls the block module
+        handle.remove()
+        feats = net.features(x)  # the traced extractor, which inlines it
+        outs = net.forward_exits(x)
+    tokens, size = seen["out"]
+    assert tokens.shape == (2, 4, 384) and list(size) == [2, 2]  # stage 3 at 32 px: 2 x 2 tokens of 384 channels
+    assert torch.equal(feats["stages.2.blocks.0"], tokens)
+    assert torch.equal(outs[-1], logits) and all(o.shape == (2, 5) for o in outs)
+
+
 @pytest.mark.parametrize("name", ["timm:resnet18", "torchvision:mobilenet_v2"])
 @pytest.mark.parametrize("method", list_methods())
 def test_every_method_steps_on_timm_and_torchvision(name, method):

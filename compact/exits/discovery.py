@@ -3,7 +3,7 @@
 A block is the outermost module of a known building-block class (residual blocks, inverted residuals,
 dense blocks, ConvNeXt and transformer blocks) of compact's CIFAR networks, timm (ResNet, RegNet, MobileNet,
 EfficientNet, ConvNeXt, ViT, Swin, Mixer, GhostNet, ResNeSt, RepVGG, MobileViT, LeViT, MetaFormer, CoaT, CaiT,
-GCViT, EfficientViT, FastViT, TinyViT, HGNetV2, RepViT, Next-ViT families) or torchvision (ResNet,
+GCViT, EfficientViT, FastViT, TinyViT, HGNetV2, RepViT, Next-ViT, MViTv2 families) or torchvision (ResNet,
 MobileNetV2/V3, ShuffleNetV2, DenseNet, ConvNeXt, ViT, Swin, RegNet, EfficientNet(V2), MNASNet, GoogLeNet,
 Inception v3, SqueezeNet, MaxViT). For other models, pass module or graph-node
 names explicitly; when discovery finds nothing, the error lists the candidate module names.
@@ -81,6 +81,7 @@ BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
         "RepViTBlock",
         "NextConvBlock",
         "NextTransformerBlock",
+        "MultiScaleBlock",  # MViTv2: returns (tokens, feature size); the exit is taken at the tokens
     ),
 }
 _ALL = {name for names in BLOCK_CLASSES.values() for name in names}

@@ -126,15 +126,37 @@ def _depends_on_input(grad_fn, batch: torch.Tensor) -> bool:
     return grad_fn.metadata[_FLAG]
 
 
+def _source_parameters(grad_fn, names: dict[int, str]) -> list[str]:
+    """Names of the parameters (leaves of the autograd graph) that ``grad_fn``'s value is computed from."""
+    found: list[str] = []
+    seen: set[int] = set()
+    stack = [grad_fn]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            found.append(names.get(id(variable), f"an unnamed {tuple(variable.shape)} tensor"))
+        stack.extend(p for p, _ in node.next_functions if p is not None)
+    return sorted(set(found))
+
+
 @contextlib.contextmanager
-def live_parameters(parameters: Iterable[torch.Tensor], batch: torch.Tensor) -> Iterator[None]:
-    """Record a forward whose later backward passes read ``parameters`` at their current values.
+def live_parameters(
+    parameters: Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]], batch: torch.Tensor
+) -> Iterator[None]:
+    """Record a forward whose later backward passes read ``parameters`` (tensors, or ``(name, tensor)``
+    pairs, whose names a refusal then cites) at their current values.
 
     ``batch`` must be the forward's input and must require grad (see the module docstring).
     """
     if not batch.requires_grad or batch.grad_fn is not None:
         raise ValueError("live_parameters needs the input batch as a leaf that requires grad")
-    storages = {p.untyped_storage().data_ptr() for p in parameters}
+    named = [item if isinstance(item, tuple) else ("", item) for item in parameters]
+    storages = {p.untyped_storage().data_ptr() for _, p in named}
+    names = {id(p): name for name, p in named if name}
 
     def pack(t: torch.Tensor):
         if t.untyped_storage().data_ptr() in storages:
@@ -143,11 +165,14 @@ def live_parameters(parameters: Iterable[torch.Tensor], batch: torch.Tensor) -> 
         if cast is not None:
             return cast
         if t.requires_grad and t.grad_fn is not None and not _depends_on_input(t.grad_fn, batch):
+            sources = _source_parameters(t.grad_fn, names)
+            shown = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
             raise NonLiveWeightError(
-                f"MW-BP cannot be exact here: a tensor of shape {tuple(t.shape)} computed from parameters "
+                f"MW-BP cannot be exact here: a tensor of shape {tuple(t.shape)} computed from {shown} "
                 f"(by {type(t.grad_fn).__name__}) is saved for backward, so later backward passes would use "
-                "its forward-time value instead of the updated weights. This happens with weight "
-                "standardization/reparametrization; use plain weights."
+                "its forward-time value instead of the updated weights (weight standardization or "
+                "reparametrization, or a position table resized in the forward, as in MViTv2). Train it "
+                "with --method naive-mwbp (one forward per loss: exact, slower), or use plain weights."
             )
         origin = type(t.grad_fn).__name__ if t.grad_fn is not None else "input or buffer"
         return _Saved(t.detach(), t._version, origin)

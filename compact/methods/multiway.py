@@ -98,7 +98,7 @@ class MultiWayBP(BPMethod):
         logits: list[torch.Tensor | None] = [None] * k
         if self.shared_forward:
             batch = x.detach().requires_grad_(True)
-            with live_parameters(self.net.parameters(), batch):
+            with live_parameters(self.net.named_parameters(), batch):
                 outs = self.net.forward_exits(batch)
             loss_t = self._losses(outs, y)
             for n, i in enumerate(self.order):
