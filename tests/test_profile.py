@@ -276,6 +276,37 @@ def test_onnx_export_failure_names_the_problem(tmp_path):
     assert not (tmp_path / "inv.onnx").exists()
 
 
+class _CausalFlag(nn.Module):
+    """Attention whose ``is_causal`` flag is passed down between modules, as timm's EVA-02 does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def attend(self, tokens: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(tokens, tokens, tokens, is_causal=is_causal)
+
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+        return self.fc(self.attend(x.flatten(2).transpose(1, 2), is_causal=is_causal).mean(1))
+
+
+def test_a_network_the_exporter_cannot_trace_eagerly_is_exported_from_its_fx_graph(tmp_path):
+    """The TorchScript exporter hands a module's bool argument on as a tensor, which attention refuses
+    (``compact profile --onnx`` on EVA-02's final output failed so); its FX graph holds the default as a
+    constant and exports, with parity against the eager module."""
+    import warnings
+
+    model = _CausalFlag().eval()
+    with pytest.raises(Exception, match="is_causal' must be bool, not Tensor"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(2, 6, 4, 4),), str(tmp_path / "eager.onnx"), dynamo=False)
+    session = ort_session(export_onnx(model, (6, 4, 4), tmp_path / "m.onnx"), threads=1)
+    assert parity(model, session, (6, 4, 4), batch=3) < 1e-6
+    x = torch.randn(1, 6, 4, 4)
+    with torch.no_grad():
+        assert session.run(None, {"input": x.numpy()})[0] == pytest.approx(model(x).numpy(), abs=1e-6)
+
+
 def test_interleaved_timing_orders_and_spreads():
     slow = lambda: time.sleep(0.004)  # noqa: E731
     fast = lambda: None  # noqa: E731

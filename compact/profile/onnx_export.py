@@ -50,9 +50,10 @@ def export_graph(
     axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and constant-folding notes
-        try:
+
+        def export(module: nn.Module) -> None:
             torch.onnx.export(
-                model,
+                module,
                 tuple(inputs),
                 str(tmp),
                 dynamo=False,
@@ -61,9 +62,18 @@ def export_graph(
                 output_names=list(output_names),
                 dynamic_axes=axes,
             )
+
+        try:
+            export(model)
         except Exception as exc:  # the exporter raises various types; the message names the operator
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CompactError(f"ONNX cannot export {type(model).__name__}: {first}") from exc
+            traced = _fx_traced(model) if len(inputs) == 1 else None
+            try:
+                if traced is None:
+                    raise exc
+                export(traced)
+            except Exception:
+                raise CompactError(f"ONNX cannot export {type(model).__name__}: {first}") from exc
         try:
             proto = onnx.load(str(tmp))
             if metadata:
@@ -73,6 +83,39 @@ def export_graph(
         except Exception as exc:
             raise CompactError(f"the ONNX export of {type(model).__name__} fails onnx's checker: {exc}") from exc
     return path
+
+
+class _LastNode(nn.Module):
+    """A traced network (a feature extractor of its last graph node) that returns that node's tensor."""
+
+    def __init__(self, extractor: nn.Module, node: str) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.node = node
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extractor(x)[self.node]
+
+
+def _fx_traced(model: nn.Module) -> nn.Module | None:
+    """``model`` traced by torch.fx, as compact traces networks for their exits, or None when it cannot be.
+
+    The TorchScript exporter traces an eager module with its Python arguments as they are passed between
+    submodules; some arguments it cannot take (timm's EVA-02 passes ``is_causal`` to each block, which the
+    exporter turns into a tensor that ``scaled_dot_product_attention`` refuses). An FX graph holds such
+    defaults as constants, so it exports where the eager module does not; callers check the ONNX graph's
+    parity against the eager module."""
+    from torch import fx
+
+    from compact.exits._fx import feature_extractor, graph_node_names
+
+    if isinstance(model, fx.GraphModule):
+        return None
+    try:
+        node = graph_node_names(model)[-1]
+        return _LastNode(feature_extractor(model, [node]), node).eval()
+    except (CompactError, IndexError):
+        return None
 
 
 def ort_session(path: str | Path, threads: int | None = None, spinning: bool = True):
