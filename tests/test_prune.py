@@ -170,6 +170,67 @@ def test_timm_and_torchvision_models_prune_save_and_reload(name, tmp_path):
     assert info.attrs and param_count(back) == param_count(pruned) < param_count(model)
 
 
+def test_attention_heads_lose_the_same_dimensions_and_keep_their_temperature(tmp_path):
+    """A ViT's q, k and v are pruned by head dimension, equally in every head (torch-pruning told the heads);
+    the module's head size follows, and the queries are rescaled so that attention keeps its softmax
+    temperature: dimensions that contribute nothing (zero q, k and v rows, zero projection columns) are
+    removed without changing the output. Before, every timm ViT was refused (a stale head size)."""
+    size = (3, 32, 32)
+    torch.manual_seed(0)
+    model = create_model("timm:vit_tiny_patch16_224", num_classes=5, img_size=32).eval()
+    heads, dim = 3, 64
+    dead = torch.arange(0, dim, 4)  # 16 of each head's 64 dimensions
+    with torch.no_grad():
+        for block in model.blocks:
+            for part in range(3):  # q, k, v
+                for h in range(heads):
+                    rows = part * heads * dim + h * dim + dead
+                    block.attn.qkv.weight[rows] = 0
+                    block.attn.qkv.bias[rows] = 0
+            for h in range(heads):
+                block.attn.proj.weight[:, h * dim + dead] = 0
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        expected = model(x)
+    ratios = {f"blocks.{i}.attn.qkv": 0.25 for i in range(len(model.blocks))}
+    pruned = prune_layers(copy.deepcopy(model), size, PRUNERS.get("l1"), ratios, PruneSettings()).eval()
+    for block in pruned.blocks:
+        assert (block.attn.num_heads, block.attn.head_dim, block.attn.qkv.out_features) == (3, 48, 3 * 3 * 48)
+        assert block.attn.proj.in_features == 144 and block.attn.scale == 48**-0.5
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), expected, atol=1e-5, rtol=1e-4)
+    for fused in (False, True):  # timm's explicit softmax path and scaled_dot_product_attention agree
+        for block in pruned.blocks:
+            block.attn.fused_attn = fused
+        with torch.no_grad():
+            assert torch.allclose(pruned(x), expected, atol=1e-5, rtol=1e-4)
+    save_model(pruned, tmp_path / "vit.safetensors", ModelInfo("timm:vit_tiny_patch16_224", 5, 3, list(size)))
+    back, _ = load_model(tmp_path / "vit.safetensors")
+    with torch.no_grad():
+        assert torch.allclose(back(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_sfp_on_attention_removes_the_zeroed_head_dimensions_and_keeps_the_outputs():
+    """torch-pruning roots an attention group at the output projection's *inputs*; soft pruning used to
+    remove that many *output* channels of the projection at the end (the embedding width went negative)."""
+    size = (3, 32, 32)
+    torch.manual_seed(0)
+    model = create_model("timm:vit_tiny_patch16_224", num_classes=5, img_size=32).eval()
+    soft = SoftFilterPruning({f"blocks.{i}.attn.qkv": 0.25 for i in range(len(model.blocks))}, size)
+    zeroed = soft.zero(model)
+    assert set(zeroed) == {f"blocks.{i}.attn.qkv" for i in range(len(model.blocks))}
+    dims = {i % 64 for i in zeroed["blocks.0.attn.qkv"]}
+    assert len(zeroed["blocks.0.attn.qkv"]) == 3 * 3 * 16 and len(dims) == 16  # the same 16 dims in every head
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        expected = model(x)
+    soft.finalize(model)
+    assert all(b.attn.head_dim == 48 and b.attn.proj.in_features == 144 for b in model.blocks)
+    assert model.blocks[0].attn.proj.out_features == 192  # the embedding keeps its width
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_macs_parsing_and_bad_targets():
     assert parse_macs("63M") == 63_000_000 and parse_macs("1.5G") == 1_500_000_000 and parse_macs("500k") == 500_000
     with pytest.raises(CompactError, match="cannot read '63 apples'"):

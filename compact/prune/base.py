@@ -30,6 +30,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compact._guards import TIMEOUT_ENV, TimeLimitExceeded, memory_ceiling, time_limit
+from compact._numbers import is_count
 from compact._registry import Registry
 from compact.errors import CompactError
 from compact.profile.deploy import METHODS, deployed_macs
@@ -280,6 +281,8 @@ def prune_layers(
     was_training = model.training
     model.eval()
     before = _output_shape(model, input_size)
+    attention = attention_modules(model)
+    head_sizes = [(m, m.head_dim) for m in attention]
     pruner = _traced(
         "trace",
         model,
@@ -292,6 +295,9 @@ def prune_layers(
             max_pruning_ratio=1.0,
             round_to=settings.round_to,
             ignored_layers=never_pruned(model, input_size),
+            num_heads={m.qkv: m.num_heads for m in attention},
+            prune_num_heads=False,
+            prune_head_dims=True,
         ),
     )
     if interactive:
@@ -301,6 +307,7 @@ def prune_layers(
     links = block_size_links(model)
     _traced("prune", model, pruner.step)
     refresh_block_sizes(links)
+    refresh_head_sizes(head_sizes)
     after = _traced("run the pruned", model, lambda: _output_shape(model, input_size))
     if after != before:  # a coupled layer reached the output: never hand on a model that predicts otherwise
         raise CompactError(
@@ -309,6 +316,48 @@ def prune_layers(
         )
     model.train(was_training)
     return model
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """Attention modules that keep their heads as timm's ``Attention`` does: a linear ``qkv`` of
+    3 x heads x head size outputs, and int ``num_heads`` and ``head_dim``. Given their heads, torch-pruning
+    removes the same dimensions from every head of q, k and v, so heads stay whole and equal
+    (:func:`refresh_head_sizes` then updates the sizes the module reads in its forward)."""
+    found = []
+    for module in model.modules():
+        qkv, n, d = (getattr(module, a, None) for a in ("qkv", "num_heads", "head_dim"))
+        if isinstance(qkv, nn.Linear) and is_count(n) and is_count(d) and n > 0 and qkv.out_features == 3 * n * d:
+            found.append(module)
+    return found
+
+
+@torch.no_grad()
+def refresh_head_sizes(modules: list[tuple[nn.Module, int]]) -> None:
+    """After pruning, for each (attention module, its head size before): the head size (and, where the
+    module keeps them, its attention width and softmax scale) from its pruned ``qkv``, and the queries scaled
+    by sqrt(new / old head size). Attention divides the scores by the square root of the head size it sees,
+    so without that the softmax temperature of every head would change with pruning; with it, dimensions
+    that contributed nothing are removed without changing the output (a query norm without weights would
+    undo the scaling: such modules keep the new temperature)."""
+    for module, old in modules:
+        n = module.num_heads
+        new = module.qkv.out_features // (3 * n)
+        module.head_dim = new
+        if isinstance(getattr(module, "attn_dim", None), int):
+            module.attn_dim = n * new
+        if isinstance(getattr(module, "scale", None), float):
+            module.scale = new**-0.5
+        if new == old:
+            continue
+        factor = (new / old) ** 0.5
+        norm = getattr(module, "q_norm", None)
+        if norm is None or isinstance(norm, nn.Identity):
+            bias = module.qkv.bias
+            targets = [module.qkv.weight[: n * new], *([] if bias is None else [bias[: n * new]])]
+        else:
+            targets = [t for t in (getattr(norm, "weight", None), getattr(norm, "bias", None)) if t is not None]
+        for t in targets:
+            t.mul_(factor)
 
 
 #: plain integer attributes in which re-parameterizable blocks keep the sizes of their convolutions (timm's

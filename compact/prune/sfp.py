@@ -21,10 +21,12 @@ from compact.errors import CompactError
 from compact.prune.base import (
     PRUNERS,
     PruneSettings,
+    attention_modules,
     block_size_links,
     dependency_graph_for,
     prune_layers,
     refresh_block_sizes,
+    refresh_head_sizes,
 )
 
 # the parts of a group whose outputs are the removed channels: zeroing them makes those channels zero
@@ -37,6 +39,18 @@ _OUT_FNS = {
     tp.prune_layernorm_out_channels,
     tp.prune_instancenorm_out_channels,
 }
+
+
+def _output_side(group) -> tuple[nn.Module, list[int]]:
+    """The layer whose output channels a torch-pruning group removes, and their indices: the group's root,
+    or, when the root is a layer's *input* side (torch-pruning roots an attention group told its heads at the
+    output projection's inputs), the first convolution or linear layer of the group whose outputs it removes
+    (the q, k and v projection), which :meth:`SoftFilterPruning.finalize` prunes as outputs."""
+    for dep, idxs in group:
+        if dep.pruning_fn in _OUT_FNS and isinstance(dep.layer, nn.modules.conv._ConvNd | nn.Linear):
+            if dep is group[0].dep or group[0].dep.pruning_fn not in _OUT_FNS:
+                return dep.layer, list(idxs)
+    raise CompactError("a torch-pruning group removes no output channels of a convolution or linear layer")
 
 
 class SoftFilterPruning(Callback):
@@ -100,8 +114,8 @@ class SoftFilterPruning(Callback):
                     layer.weight[index] = 0
                 if getattr(layer, "bias", None) is not None:
                     layer.bias[index] = 0
-            root = names[group[0].dep.target.module]
-            zeroed[root] = sorted(int(i) for i in group[0].idxs)
+            layer, idxs = _output_side(group)
+            zeroed[names[layer]] = sorted(int(i) for i in idxs)
         return zeroed
 
     def finalize(self, model: nn.Module) -> nn.Module:
@@ -113,11 +127,13 @@ class SoftFilterPruning(Callback):
         was_training = model.training
         model.eval()
         links = block_size_links(model)
+        head_sizes = [(m, m.head_dim) for m in attention_modules(model)]
         for name, idxs in self.zeroed.items():
             layer = modules[name]
             fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
             graph.get_pruning_group(layer, fn, idxs=list(idxs)).prune()
         refresh_block_sizes(links)
+        refresh_head_sizes(head_sizes)
         model.train(was_training)
         return model
 
