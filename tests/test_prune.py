@@ -170,7 +170,8 @@ def test_timm_and_torchvision_models_prune_save_and_reload(name, tmp_path):
     assert info.attrs and param_count(back) == param_count(pruned) < param_count(model)
 
 
-def test_attention_heads_lose_the_same_dimensions_and_keep_their_temperature(tmp_path):
+@pytest.mark.parametrize("custom_scale", [None, 0.05], ids=["head-size-scale", "custom-scale"])
+def test_attention_heads_lose_the_same_dimensions_and_keep_their_temperature(tmp_path, custom_scale):
     """A ViT's q, k and v are pruned by head dimension, equally in every head (torch-pruning told the heads);
     the module's head size follows, and the queries are rescaled so that attention keeps its softmax
     temperature: dimensions that contribute nothing (zero q, k and v rows, zero projection columns) are
@@ -189,6 +190,8 @@ def test_attention_heads_lose_the_same_dimensions_and_keep_their_temperature(tmp
                     block.attn.qkv.bias[rows] = 0
             for h in range(heads):
                 block.attn.proj.weight[:, h * dim + dead] = 0
+            if custom_scale:  # a qk_scale of its own, which only the explicit softmax path reads
+                block.attn.scale, block.attn.fused_attn = custom_scale, False
     x = torch.randn(2, *size)
     with torch.no_grad():
         expected = model(x)

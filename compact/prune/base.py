@@ -334,22 +334,25 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 @torch.no_grad()
 def refresh_head_sizes(modules: list[tuple[nn.Module, int]]) -> None:
     """After pruning, for each (attention module, its head size before): the head size (and, where the
-    module keeps them, its attention width and softmax scale) from its pruned ``qkv``, and the queries scaled
-    by sqrt(new / old head size). Attention divides the scores by the square root of the head size it sees,
-    so without that the softmax temperature of every head would change with pruning; with it, dimensions
-    that contributed nothing are removed without changing the output (a query norm without weights would
-    undo the scaling: such modules keep the new temperature)."""
+    module keeps them, its attention width and softmax scale) from its pruned ``qkv``, with the queries
+    rescaled so that the scores keep their scale. Fused attention divides them by the square root of the
+    head size it sees, so without that the softmax temperature of every head would change with pruning;
+    with it, dimensions that contributed nothing are removed without changing the output, on the fused path
+    and on one that multiplies by ``scale`` alike. A query norm without weights would undo the rescaling:
+    such modules take the temperature of the new head size."""
     for module, old in modules:
         n = module.num_heads
         new = module.qkv.out_features // (3 * n)
+        if new == old:
+            continue
+        scale = getattr(module, "scale", None)
+        before = scale if isinstance(scale, float) else old**-0.5  # the scores were q.k * before
         module.head_dim = new
         if isinstance(getattr(module, "attn_dim", None), int):
             module.attn_dim = n * new
-        if isinstance(getattr(module, "scale", None), float):
+        if isinstance(scale, float):
             module.scale = new**-0.5
-        if new == old:
-            continue
-        factor = (new / old) ** 0.5
+        factor = before * new**0.5  # (factor q).k / sqrt(new) = q.k * before
         norm = getattr(module, "q_norm", None)
         if norm is None or isinstance(norm, nn.Identity):
             bias = module.qkv.bias
