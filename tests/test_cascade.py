@@ -130,6 +130,49 @@ def test_macs_of_segments_and_heads_by_hand(tmp_path):
     assert row["mean_macs_conv_linear"] == pytest.approx(np.mean([cascade.exit_macs("conv_linear")[u] for u in used]))
 
 
+class _TokenBlock(nn.Module):
+    """Tokens (N, L, C) and the feature size [H, W] in, both out, as MViTv2's blocks hand them on."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: list) -> tuple[torch.Tensor, list]:
+        h, w = size
+        y = self.conv(x.transpose(1, 2).reshape(x.shape[0], -1, h, w))
+        return x + y.flatten(2).transpose(1, 2), [h, w]
+
+
+class SizedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.block1, self.block2 = _TokenBlock(4), _TokenBlock(4)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        tokens, size = self.block1(x.flatten(2).transpose(1, 2), [x.shape[-2], x.shape[-1]])
+        tokens, size = self.block2(tokens, size)
+        return self.fc(tokens.mean(1))
+
+
+def test_sizes_that_cross_a_cut_are_baked_into_the_segments_that_read_them(tmp_path):
+    """The feature size crosses the cut beside the tokens; the ONNX exporter drops outputs that are not
+    tensors, so the segment's exit logits used to take the tokens' name (an internal error on comparing)."""
+    torch.manual_seed(0)
+    net = attach_exits(SizedNet(), nodes=["block1"], input_size=SIZE).eval()
+    assert split(net).crossing == [["getitem", "getitem_1", "add"]]  # both sides of the size, and the tokens
+    assert split(net, SIZE).crossing == [["add"]]  # the size baked in as constants
+    export_cascade(net, _info(net, "sizednet"), tmp_path / "c")
+    cascade = Cascade(tmp_path / "c")
+    assert cascade.manifest["segments"][1]["inputs"] == ["cut0_0"]  # the tokens only
+    x = torch.randn(5, *SIZE)
+    with torch.no_grad():
+        for a, b in zip(cascade.run_all(x.numpy()), net.forward_exits(x), strict=True):
+            assert np.allclose(a, b.numpy(), atol=1e-5)
+
+
 def test_confidence_rules_and_thresholds_by_hand():
     z = np.log(np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]]))
     assert confidence(z, "maxprob") == pytest.approx([0.7, 1 / 3])

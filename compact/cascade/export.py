@@ -72,7 +72,7 @@ def export_cascade(net: nn.Module, info: Any, out: str | Path, overwrite: bool =
     size = [int(s) for s in info.input_size]
     # counted and timed as deployed: re-parameterizable layers folded (compact.profile.deploy)
     net, folded, fold_warnings = fold_network(net.eval().cpu(), size)
-    cut = split(net)
+    cut = split(net, size)
     torch_diffs = check_segments(net, cut.segments, size)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -87,6 +87,11 @@ def export_cascade(net: nn.Module, info: Any, out: str | Path, overwrite: bool =
             path = export_graph(seg, carry, in_names, out_names, tmp / f"segment{i}.onnx")
             got = ort_session(path).run(out_names, {n: t.numpy() for n, t in zip(in_names, carry, strict=True)})
             outs = seg(*carry)
+            if got[-1].shape != tuple(expected[i].shape):
+                raise CompactError(
+                    f"segment {i}: ONNX Runtime's exit logits have shape {got[-1].shape}, PyTorch's "
+                    f"{tuple(expected[i].shape)} (the graph's outputs are not the segment's)"
+                )
             diff = float(np.abs(got[-1] - expected[i].numpy()).max() / max(1.0, float(expected[i].abs().max())))
             if not diff < PARITY_LIMIT:
                 raise CompactError(f"segment {i}: ONNX Runtime's exit logits differ from PyTorch by {diff:.2e}")

@@ -52,10 +52,33 @@ class Cut:
     crossing: list[list[str]]  # crossing[i]: names of the tensors passed from segment i to i + 1
 
 
-def split(net: nn.Module) -> Cut:
+def _constants(ext: fx.GraphModule, nodes: list[fx.Node], input_size: Sequence[int]) -> dict[fx.Node, object]:
+    """The values of those ``nodes`` that are not tensors (a feature size MViTv2's blocks hand on beside
+    their tokens), from forwards at batch 1 and 2: they cross a cut as constants, since an ONNX graph's
+    outputs are tensors (the exporter drops the others, and the outputs after them take their names). One
+    that changes with the batch cannot be a constant and is refused."""
+    values = []
+    for batch in (1, 2):
+        device = next((q.device for q in ext.parameters()), torch.device("cpu"))
+        interpreter = fx.Interpreter(ext, garbage_collect_values=False)
+        with torch.no_grad():
+            interpreter.run(torch.zeros(batch, *input_size, device=device))
+        values.append({n: interpreter.env[n] for n in nodes if not isinstance(interpreter.env[n], torch.Tensor)})
+    for node, value in values[0].items():
+        if values[1].get(node) != value:
+            raise CompactError(
+                f"{node.name} crosses a cut as a {type(value).__name__} that changes with the batch size "
+                f"({value!r} at batch 1, {values[1].get(node)!r} at 2): an ONNX segment cannot take it"
+            )
+    return values[0]
+
+
+def split(net: nn.Module, input_size: Sequence[int] | None = None) -> Cut:
     """Cut a :class:`~compact.exits.MultiExitNet` into ``net.num_outputs`` segments (see the module
     docstring). The segments share nothing with ``net``'s later training: call on a network in its final
-    state (they reference its parameters)."""
+    state (they reference its parameters). With ``input_size`` (C, H, W), values other than tensors that
+    cross a cut (sizes) are baked into the segments that read them, so that every segment takes and returns
+    tensors only, as an ONNX graph does; without it they are passed along as they are."""
     if not getattr(net, "exit_nodes", None):
         raise CompactError("a cascade needs a network with auxiliary exits; this one has only its final output")
     ext = _fx.feature_extractor(net.backbone, [*net.exit_nodes, net.final_node])
@@ -87,10 +110,14 @@ def split(net: nn.Module) -> Cut:
         if not live:
             raise CompactError(f"nothing computed before exit {i} is used after it: the network cannot be cut there")
 
+    constants = (
+        _constants(ext, sorted({n for c in crossing for n in c}, key=order.get), input_size) if input_size else {}
+    )
+    crossing = [[n for n in c if n not in constants] for c in crossing]
     segments = []
     for i in range(len(cuts)):
         g = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
+        env: dict[fx.Node, object] = dict(constants)
         inputs = crossing[i - 1] if i > 0 else [n for n in computed if n.op == "placeholder"]
         if i == 0 and len(inputs) != 1:
             raise CompactError(f"a cascade needs a network with one input, this one has {len(inputs)}")
