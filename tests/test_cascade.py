@@ -173,6 +173,22 @@ def test_sizes_that_cross_a_cut_are_baked_into_the_segments_that_read_them(tmp_p
             assert np.allclose(a, b.numpy(), atol=1e-5)
 
 
+def test_a_vit_whose_forward_takes_defaulted_arguments_is_cut_at_its_blocks(tmp_path):
+    """timm's ViT forward takes attn_mask and is_causal; traced at their defaults they are placeholders
+    (with a guard on is_causal), and the cascade used to refuse it as a network of three inputs."""
+    size = (3, 32, 32)
+    torch.manual_seed(0)
+    net = attach_exits(create_model("timm:vit_tiny_patch16_224", num_classes=10, img_size=32), 3, input_size=size)
+    net.eval()
+    export_cascade(net, _info(net, "timm:vit_tiny_patch16_224", size), tmp_path / "c")
+    cascade = Cascade(tmp_path / "c")
+    assert [s["inputs"] for s in cascade.manifest["segments"]] == [["input"], ["cut0_0"], ["cut1_0"]]
+    x = torch.randn(3, *size)
+    with torch.no_grad():
+        for a, b in zip(cascade.run_all(x.numpy()), net.forward_exits(x), strict=True):
+            assert np.allclose(a, b.numpy(), atol=1e-5)
+
+
 def test_confidence_rules_and_thresholds_by_hand():
     z = np.log(np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]]))
     assert confidence(z, "maxprob") == pytest.approx([0.7, 1 / 3])

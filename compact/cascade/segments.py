@@ -67,8 +67,9 @@ def _constants(ext: fx.GraphModule, nodes: list[fx.Node], input_size: Sequence[i
     for node, value in values[0].items():
         if values[1].get(node) != value:
             raise CompactError(
-                f"{node.name} crosses a cut as a {type(value).__name__} that changes with the batch size "
-                f"({value!r} at batch 1, {values[1].get(node)!r} at 2): an ONNX segment cannot take it"
+                f"the network cannot be cut at these exits: beside its tensors, a cut passes {node.name}, a "
+                f"{type(value).__name__} computed from the batch size ({value!r} at batch 1, {values[1].get(node)!r} "
+                "at 2), and an ONNX segment takes tensors only (choose other exits with --exit-nodes)"
             )
     return values[0]
 
@@ -110,15 +111,18 @@ def split(net: nn.Module, input_size: Sequence[int] | None = None) -> Cut:
         if not live:
             raise CompactError(f"nothing computed before exit {i} is used after it: the network cannot be cut there")
 
-    constants = (
-        _constants(ext, sorted({n for c in crossing for n in c}, key=order.get), input_size) if input_size else {}
-    )
+    # arguments traced at their defaults (timm's ViT: attn_mask=None, is_causal=False) are placeholders that
+    # hold their value: constants in every segment, never inputs
+    constants: dict[fx.Node, object] = {n: n.args[0] for n in computed if n.op == "placeholder" and n.args}
+    if input_size:
+        crossed = sorted({n for c in crossing for n in c if n not in constants}, key=order.get)
+        constants.update(_constants(ext, crossed, input_size))
     crossing = [[n for n in c if n not in constants] for c in crossing]
     segments = []
     for i in range(len(cuts)):
         g = fx.Graph()
         env: dict[fx.Node, object] = dict(constants)
-        inputs = crossing[i - 1] if i > 0 else [n for n in computed if n.op == "placeholder"]
+        inputs = crossing[i - 1] if i > 0 else [n for n in computed if n.op == "placeholder" and n not in constants]
         if i == 0 and len(inputs) != 1:
             raise CompactError(f"a cascade needs a network with one input, this one has {len(inputs)}")
         for k, node in enumerate(inputs):
