@@ -173,6 +173,28 @@ def test_sizes_that_cross_a_cut_are_baked_into_the_segments_that_read_them(tmp_p
             assert np.allclose(a, b.numpy(), atol=1e-5)
 
 
+class _ChunkNet(nn.Module):
+    """A tuple of tensors (a chunk) made before the exit and read after it: it crosses the cut whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b1, self.b2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b1(x)
+        parts = y.chunk(2, dim=1)
+        z = self.b2(y)
+        return self.fc(torch.cat([z[:, :2] + parts[0], z[:, 2:] + parts[1]], 1).mean((2, 3)))
+
+
+def test_a_cut_that_passes_a_tuple_of_tensors_is_refused_never_baked_in():
+    net = attach_exits(_ChunkNet(), nodes=["b2"], input_size=SIZE).eval()
+    assert split(net).crossing == [["chunk", "b2"]]
+    with pytest.raises(CompactError, match="a cut passes chunk, a tuple holding tensors.*--exit-nodes"):
+        split(net, SIZE)
+
+
 def test_a_vit_whose_forward_takes_defaulted_arguments_is_cut_at_its_blocks(tmp_path):
     """timm's ViT forward takes attn_mask and is_causal; traced at their defaults they are placeholders
     (with a guard on is_causal), and the cascade used to refuse it as a network of three inputs."""

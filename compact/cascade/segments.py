@@ -52,6 +52,14 @@ class Cut:
     crossing: list[list[str]]  # crossing[i]: names of the tensors passed from segment i to i + 1
 
 
+def _plain(value: object) -> bool:
+    """Whether ``value`` is data a graph can hold as a constant: numbers, strings, None, dtypes, sizes and
+    lists or tuples of them (never a tensor, whose values would be those of one example batch)."""
+    if isinstance(value, list | tuple):  # torch.Size too
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, bool | int | float | str | torch.dtype | torch.device)
+
+
 def _constants(ext: fx.GraphModule, nodes: list[fx.Node], input_size: Sequence[int]) -> dict[fx.Node, object]:
     """The values of those ``nodes`` that are not tensors (a feature size MViTv2's blocks hand on beside
     their tokens), from forwards at batch 1 and 2: they cross a cut as constants, since an ONNX graph's
@@ -65,6 +73,12 @@ def _constants(ext: fx.GraphModule, nodes: list[fx.Node], input_size: Sequence[i
             interpreter.run(torch.zeros(batch, *input_size, device=device))
         values.append({n: interpreter.env[n] for n in nodes if not isinstance(interpreter.env[n], torch.Tensor)})
     for node, value in values[0].items():
+        if not _plain(value):
+            raise CompactError(
+                f"the network cannot be cut at these exits: a cut passes {node.name}, a {type(value).__name__} "
+                "holding tensors, and an ONNX segment takes single tensors only (choose other exits with "
+                "--exit-nodes)"
+            )
         if values[1].get(node) != value:
             raise CompactError(
                 f"the network cannot be cut at these exits: beside its tensors, a cut passes {node.name}, a "
