@@ -66,8 +66,8 @@ def _constants(ext: fx.GraphModule, nodes: list[fx.Node], input_size: Sequence[i
     outputs are tensors (the exporter drops the others, and the outputs after them take their names). One
     that changes with the batch cannot be a constant and is refused."""
     values = []
+    device = next((q.device for q in ext.parameters()), torch.device("cpu"))
     for batch in (1, 2):
-        device = next((q.device for q in ext.parameters()), torch.device("cpu"))
         interpreter = fx.Interpreter(ext, garbage_collect_values=False)
         with torch.no_grad():
             interpreter.run(torch.zeros(batch, *input_size, device=device))
