@@ -195,6 +195,53 @@ def test_a_cut_that_passes_a_tuple_of_tensors_is_refused_never_baked_in():
         split(net, SIZE)
 
 
+class _BatchNet(nn.Module):
+    """PiT's and CoaT's idiom: ``B`` read from the input's shape at the start, used in a reshape after the
+    exit; ``rows`` (4 B) crosses too, and ``square`` (B * B) only where ``squared`` is set."""
+
+    def __init__(self, squared: bool = False) -> None:
+        super().__init__()
+        self.b1, self.b2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(64, 10)
+        self.squared = squared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        rows = b * 4
+        square = b * b
+        y = self.b2(self.b1(x))
+        z = y.reshape(rows, -1).reshape(b, 4, -1).mean(1)
+        if self.squared:
+            z = z + z.new_zeros(square).view(b, b).sum(1, keepdim=True)
+        return self.fc(z.reshape(b, 16, 16).mean(2).repeat(1, 4))
+
+
+def test_ints_that_follow_the_batch_size_are_rebuilt_after_the_cut(tmp_path):
+    """An int computed from the batch size crosses the cut beside the tensors (timm's PiT and CoaT): the
+    cascade used to refuse it, since an ONNX segment returns tensors only. Each later segment now rebuilds it
+    from a crossing tensor's first dimension, so one file serves every batch size."""
+    torch.manual_seed(0)
+    net = attach_exits(_BatchNet(), nodes=["b1"], input_size=SIZE).eval()
+    assert split(net).crossing == [["getitem", "mul", "b1"]]  # B and 4 B pass along unless rebuilt
+    assert split(net, SIZE).crossing == [["b1"]]
+    export_cascade(net, _info(net, "batchnet"), tmp_path / "c")
+    cascade = Cascade(tmp_path / "c")
+    assert cascade.manifest["segments"][1]["inputs"] == ["cut0_0"]
+    for batch in (1, 3, 7):  # the export traced batch 4; baked-in ints would break every other batch
+        x = torch.randn(batch, *SIZE)
+        with torch.no_grad():
+            for a, b in zip(cascade.run_all(x.numpy()), net.forward_exits(x), strict=True):
+                assert np.allclose(a, b.numpy(), atol=1e-5)
+    pred, used = cascade.predict(torch.randn(5, *SIZE).numpy(), 1.0)
+    assert used.tolist() == [1] * 5 and pred.shape == (5,)
+
+
+def test_an_int_that_is_not_affine_in_the_batch_size_is_refused_by_name():
+    net = attach_exits(_BatchNet(squared=True), nodes=["b1"], input_size=SIZE).eval()
+    with pytest.raises(CompactError, match=r"passes mul_1, an int that changes with the batch size \(1, 4, 9 at batch"):
+        split(net, SIZE)
+
+
 def test_a_vit_whose_forward_takes_defaulted_arguments_is_cut_at_its_blocks(tmp_path):
     """timm's ViT forward takes attn_mask and is_causal; traced at their defaults they are placeholders
     (with a guard on is_causal), and the cascade used to refuse it as a network of three inputs."""

@@ -13,6 +13,7 @@ passed along until their last reader.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,40 +61,77 @@ def _plain(value: object) -> bool:
     return value is None or isinstance(value, bool | int | float | str | torch.dtype | torch.device)
 
 
-def _constants(ext: fx.GraphModule, nodes: list[fx.Node], input_size: Sequence[int]) -> dict[fx.Node, object]:
-    """The values of those ``nodes`` that are not tensors (a feature size MViTv2's blocks hand on beside
-    their tokens), from forwards at batch 1 and 2: they cross a cut as constants, since an ONNX graph's
-    outputs are tensors (the exporter drops the others, and the outputs after them take their names). One
-    that changes with the batch cannot be a constant and is refused."""
-    values = []
+def _a(value: object) -> str:
+    """'an int', 'a tuple': the value's type with its article, for messages."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+@dataclass
+class _Traced:
+    """What :func:`_values` found out about the nodes that cross a cut."""
+
+    constants: dict[fx.Node, object]  # same value at every batch size: baked in
+    per_batch: dict[fx.Node, tuple[int, int]]  # ints equal to a * batch + c: (a, c), rebuilt after the cut
+    batch_major: set[fx.Node]  # tensors whose first dimension is the batch
+
+
+def _values(ext: fx.GraphModule, nodes: list[fx.Node], input_size: Sequence[int]) -> _Traced:
+    """Trace ``nodes`` at batch 1, 2 and 3. A value that is not a tensor (a feature size MViTv2's blocks hand
+    on beside their tokens) cannot cross a cut as it is, since an ONNX graph's outputs are tensors (the
+    exporter drops the others, and the outputs after them take their names): one that stays the same is a
+    constant; an int that follows the batch size (PiT's and CoaT's ``B`` from ``x.shape``) is rebuilt in each
+    later segment from the first dimension of a tensor that crosses with it; anything else is refused."""
+    values, firsts = [], []
     device = next((q.device for q in ext.parameters()), torch.device("cpu"))
-    for batch in (1, 2):
+    batches = (1, 2, 3)
+    for batch in batches:
         interpreter = fx.Interpreter(ext, garbage_collect_values=False)
         with torch.no_grad():
             interpreter.run(torch.zeros(batch, *input_size, device=device))
-        values.append({n: interpreter.env[n] for n in nodes if not isinstance(interpreter.env[n], torch.Tensor)})
+        env = interpreter.env
+        values.append({n: env[n] for n in nodes if not isinstance(env[n], torch.Tensor)})
+        firsts.append({n for n in nodes if isinstance(env[n], torch.Tensor) and env[n].dim() and len(env[n]) == batch})
+    traced = _Traced({}, {}, set.intersection(*firsts))
     for node, value in values[0].items():
         if not _plain(value):
             raise CompactError(
-                f"the network cannot be cut at these exits: a cut passes {node.name}, a {type(value).__name__} "
+                f"the network cannot be cut at these exits: a cut passes {node.name}, {_a(value)} "
                 "holding tensors, and an ONNX segment takes single tensors only (choose other exits with "
                 "--exit-nodes)"
             )
-        if values[1].get(node) != value:
+        seen = [v.get(node) for v in values]
+        if all(v == value for v in seen):
+            traced.constants[node] = value
+        elif all(type(v) is int for v in seen) and seen[1] - seen[0] == seen[2] - seen[1]:
+            a = seen[1] - seen[0]
+            traced.per_batch[node] = (a, seen[0] - a * batches[0])
+        else:
             raise CompactError(
-                f"the network cannot be cut at these exits: beside its tensors, a cut passes {node.name}, a "
-                f"{type(value).__name__} computed from the batch size ({value!r} at batch 1, {values[1].get(node)!r} "
-                "at 2), and an ONNX segment takes tensors only (choose other exits with --exit-nodes)"
+                f"the network cannot be cut at these exits: beside its tensors, a cut passes {node.name}, "
+                f"{_a(value)} that changes with the batch size ({', '.join(map(repr, seen))} at batch "
+                "1, 2, 3), and an ONNX segment takes tensors only (choose other exits with --exit-nodes)"
             )
-    return values[0]
+    return traced
+
+
+def _rebuild(g: fx.Graph, source: fx.Node, a: int, c: int) -> fx.Node:
+    """``a * source.size(0) + c`` in ``g``: an int that follows the batch size, after the cut it crossed."""
+    value = g.call_method("size", (source, 0))
+    if a != 1:
+        value = g.call_function(operator.mul, (value, a))
+    if c:
+        value = g.call_function(operator.add, (value, c))
+    return value
 
 
 def split(net: nn.Module, input_size: Sequence[int] | None = None) -> Cut:
     """Cut a :class:`~compact.exits.MultiExitNet` into ``net.num_outputs`` segments (see the module
     docstring). The segments share nothing with ``net``'s later training: call on a network in its final
     state (they reference its parameters). With ``input_size`` (C, H, W), values other than tensors that
-    cross a cut (sizes) are baked into the segments that read them, so that every segment takes and returns
-    tensors only, as an ONNX graph does; without it they are passed along as they are."""
+    cross a cut are baked into the segments that read them (sizes) or rebuilt there from a tensor's first
+    dimension (ints that follow the batch size), so that every segment takes and returns tensors only, as an
+    ONNX graph does; without it they are passed along as they are."""
     if not getattr(net, "exit_nodes", None):
         raise CompactError("a cascade needs a network with auxiliary exits; this one has only its final output")
     ext = _fx.feature_extractor(net.backbone, [*net.exit_nodes, net.final_node])
@@ -128,10 +166,12 @@ def split(net: nn.Module, input_size: Sequence[int] | None = None) -> Cut:
     # arguments traced at their defaults (timm's ViT: attn_mask=None, is_causal=False) are placeholders that
     # hold their value: constants in every segment, never inputs
     constants: dict[fx.Node, object] = {n: n.args[0] for n in computed if n.op == "placeholder" and n.args}
+    traced = _Traced({}, {}, set())
     if input_size:
         crossed = sorted({n for c in crossing for n in c if n not in constants}, key=order.get)
-        constants.update(_constants(ext, crossed, input_size))
-    crossing = [[n for n in c if n not in constants] for c in crossing]
+        traced = _values(ext, crossed, input_size)
+        constants.update(traced.constants)
+    crossing = [[n for n in c if n not in constants and n not in traced.per_batch] for c in crossing]
     segments = []
     for i in range(len(cuts)):
         g = fx.Graph()
@@ -142,7 +182,16 @@ def split(net: nn.Module, input_size: Sequence[int] | None = None) -> Cut:
         for k, node in enumerate(inputs):
             env[node] = g.placeholder(f"in{k}")
 
-        def arg(a: fx.Node, env=env, g=g, i=i) -> fx.Node:
+        def arg(a: fx.Node, env=env, g=g, i=i, inputs=inputs) -> fx.Node:
+            if a not in env and a in traced.per_batch:
+                source = next((n for n in inputs if n in traced.batch_major), None)
+                if source is None:
+                    raise CompactError(
+                        f"the network cannot be cut at these exits: segment {i} reads {a.name}, an int that "
+                        "follows the batch size, and no tensor that crosses with it has the batch as its first "
+                        "dimension to rebuild it from (choose other exits with --exit-nodes)"
+                    )
+                env[a] = _rebuild(g, env[source], *traced.per_batch[a])
             if a not in env:
                 if a.op != "get_attr":
                     raise CompactError(f"segment {i} reads {a.name}, which is not passed across the cut")
