@@ -8,8 +8,11 @@ process is left as it was.
   process's current virtual size plus half the memory the system has available (at least 2 GiB). Not applied
   where it could harm: off Linux, and once CUDA is initialised (its driver reserves large virtual ranges); a
   lower limit the user set stays in force.
-- :func:`time_limit`: a real-time alarm (``SIGALRM``, Unix, main thread only) that raises
-  :class:`TimeLimitExceeded` in the call; ``COMPACT_CALL_TIMEOUT_S`` sets the seconds (0: no limit).
+- :func:`time_limit`: a real-time alarm that raises :class:`TimeLimitExceeded` in the call; ``SIGALRM`` on
+  the main thread of a Unix process, else a timer thread that raises it asynchronously in the calling thread
+  (CPython's ``PyThreadState_SetAsyncExc``; like a signal handler, it lands between two Python bytecodes, so
+  a single C call that never returns is not stopped); ``COMPACT_CALL_TIMEOUT_S`` sets the seconds (0: no
+  limit).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ TIMEOUT_ENV = "COMPACT_CALL_TIMEOUT_S"
 
 class TimeLimitExceeded(BaseException):
     """Raised inside a call that outlived :func:`time_limit` (a BaseException, so that the guarded code's
-    own ``except Exception`` clauses do not swallow it)."""
+    own ``except Exception`` clauses do not swallow it); ``args[0]`` is the limit in seconds."""
 
 
 def _status_kib(path: str, key: str) -> int | None:
@@ -102,14 +105,23 @@ def timeout_seconds() -> float:
 @contextmanager
 def time_limit(seconds: float | None = None) -> Iterator[float | None]:
     """Raise :class:`TimeLimitExceeded` in the block once it has run ``seconds`` (default:
-    :func:`timeout_seconds`); yields the limit, or None where none was set (0 seconds, off the main thread,
-    without ``SIGALRM``, or while another real-time timer runs)."""
+    :func:`timeout_seconds`); yields the limit, or None where none was set (0 seconds, or a Python without
+    ``PyThreadState_SetAsyncExc`` off the main thread)."""
     limit = timeout_seconds() if seconds is None else float(seconds)
-    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if limit <= 0 or not usable or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+    if limit <= 0:
         yield None
         return
+    alarm = (
+        hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getitimer(signal.ITIMER_REAL)[0] == 0  # a real-time timer of the caller's own runs: keep it
+    )
+    with _signal_alarm(limit) if alarm else _thread_alarm(limit) as set_limit:
+        yield set_limit
 
+
+@contextmanager
+def _signal_alarm(limit: float) -> Iterator[float]:
     def expire(signum, frame) -> None:  # noqa: ANN001 (signal handler signature)
         raise TimeLimitExceeded(limit)
 
@@ -120,3 +132,42 @@ def time_limit(seconds: float | None = None) -> Iterator[float | None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def _thread_alarm(limit: float) -> Iterator[float | None]:
+    """A timer thread that raises :class:`TimeLimitExceeded` in this thread after ``limit`` seconds, unless
+    the block has ended first (a lock orders the two, so it never lands after the block)."""
+    try:
+        import ctypes
+
+        set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    except (ImportError, AttributeError):  # not CPython
+        yield None
+        return
+
+    class Expired(TimeLimitExceeded):
+        def __init__(self) -> None:  # raised as a class: Python calls it without arguments
+            super().__init__(limit)
+
+    target = threading.get_ident()
+    lock = threading.Lock()
+    state = {"running": True, "fired": False}
+
+    def expire() -> None:
+        with lock:
+            if state["running"]:
+                set_async_exc(ctypes.c_ulong(target), ctypes.py_object(Expired))
+                state["fired"] = True
+
+    timer = threading.Timer(limit, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield limit
+    finally:
+        with lock:
+            state["running"] = False
+            if state["fired"]:  # not delivered yet (the block ended right at the limit): withdraw it
+                set_async_exc(ctypes.c_ulong(target), None)
+        timer.cancel()

@@ -578,9 +578,49 @@ def test_a_torch_pruning_call_that_never_ends_is_stopped_by_the_time_limit(monke
     monkeypatch.setenv(TIMEOUT_ENV, "0")
     with time_limit() as limit:
         assert limit is None  # 0: no limit
-    monkeypatch.delenv(TIMEOUT_ENV)
-    seen = []
-    worker = threading.Thread(target=lambda: seen.append(time_limit().__enter__()))
+
+
+def test_the_time_limit_also_stops_a_call_off_the_main_thread(monkeypatch):
+    """No signal reaches a worker thread (a server, a notebook's executor): a timer thread raises the limit
+    in it instead, and never after the block has ended."""
+    from compact._guards import TIMEOUT_ENV, time_limit
+    from compact.prune.base import _traced
+
+    def endless():
+        while True:
+            pass
+
+    monkeypatch.setenv(TIMEOUT_ENV, "0.3")
+    seen: list = []
+
+    def work() -> None:
+        start = time.perf_counter()
+        try:
+            _traced("group the layers of", nn.Linear(2, 2), endless)
+        except CompactError as exc:
+            seen.append((str(exc), time.perf_counter() - start))
+        with time_limit(0.2) as limit:
+            seen.append(limit)
+            total = sum(range(1000))  # ends well within the limit
+        time.sleep(0.5)  # past the limit: nothing may land here
+        seen.append(total)
+
+    worker = threading.Thread(target=work)
     worker.start()
-    worker.join()
-    assert seen == [None]  # off the main thread, no alarm can be delivered: none is set
+    worker.join(30)
+    assert not worker.is_alive()
+    (message, took), limit, total = seen
+    assert "did not finish trying to group the layers of Linear within 0.3 s" in message and took < 5
+    assert limit == 0.2 and total == 499500
+    if not hasattr(signal, "setitimer"):
+        return
+    # on the main thread, while a timer of the caller's own runs, the limit still holds and the timer stays
+    handler = signal.getsignal(signal.SIGALRM)
+    signal.setitimer(signal.ITIMER_REAL, 100)
+    try:
+        with pytest.raises(CompactError, match="within 0.3 s"):
+            _traced("trace", nn.Linear(2, 2), endless)
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 90
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, handler)
